@@ -1,0 +1,6 @@
+#pragma once
+#include "tokmix/core/element.hpp"
+#include "tokmix/core/error.hpp"
+#include "tokmix/core/scratch.hpp"
+#include "tokmix/core/tensor_view.hpp"
+#include "tokmix/core/threading.hpp"

@@ -1,0 +1,4 @@
+#pragma once
+// Umbrella header: everything tokmix offers.
+#include "tokmix/version.hpp"
+#include "tokmix/core.hpp"
