@@ -1,0 +1,260 @@
+#pragma once
+// Causal depthwise conv1d: the short convolution in front of every Mamba block
+// (and of many linear-attention layers), with the rolling state decode needs.
+// Channel-last like the rest of tokmix, so the kernel runs along the contiguous
+// channel axis with SIMD and keeps the sliding window of each channel in
+// registers while it walks the sequence: every input is read once.
+//
+// ref: Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State
+//      Spaces" (2023), sec. 3.4; semantics of Dao-AILab causal_conv1d
+//      (causal_conv1d_fn with initial/final states, causal_conv1d_update).
+//
+//   out[b,t,c] = act(bias[c] + sum_{k<W} weight[c,k] * x[b, t-(W-1)+k, c])
+//
+// where inputs before t = 0 come from the state (the last W-1 inputs of the
+// previous call, zeros for a fresh state) and act is identity or SiLU.
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include <unsupported/Eigen/CXX11/Tensor>
+#include <xsimd/xsimd.hpp>
+
+#include "tokmix/core/error.hpp"
+#include "tokmix/core/tensor_view.hpp"
+#include "tokmix/core/threading.hpp"
+#include "tokmix/ssm/detail/simd_standin.hpp"
+
+namespace tokmix {
+
+constexpr index_t conv1d_min_width = 2;
+constexpr index_t conv1d_max_width = 8;
+
+struct conv1d_options {
+  bool silu = false;  // causal_conv1d activation="silu"
+  exec_policy policy;
+};
+
+// The last width-1 inputs of each sequence, oldest first, so the next prefill
+// or step continues the convolution exactly where the previous call stopped.
+// A fresh state is zeros (the sequence starts at t = 0).
+class conv1d_state {
+ public:
+  conv1d_state() : conv1d_state(0, 0, conv1d_min_width) {}
+  conv1d_state(index_t batch, index_t channels, index_t width) : width_(width) {
+    require(batch >= 0, "conv1d_state batch", ">= 0", batch);
+    require(channels >= 0, "conv1d_state channels", ">= 0", channels);
+    require(width >= conv1d_min_width && width <= conv1d_max_width, "conv1d_state width",
+            "in [" + std::to_string(conv1d_min_width) + ", " + std::to_string(conv1d_max_width) + "]", width);
+    history_.resize(batch, width - 1, channels);
+    reset();
+  }
+
+  index_t batch() const { return history_.dimension(0); }
+  index_t channels() const { return history_.dimension(2); }
+  index_t width() const { return width_; }
+
+  void reset() { history_.setZero(); }
+
+  // Oldest input first.                                       // [batch, width-1, channels]
+  tensor_view<float, 3> history() { return as_view(history_); }
+  tensor_view<const float, 3> history() const { return as_view(history_); }
+
+ private:
+  index_t width_;
+  Eigen::Tensor<float, 3, Eigen::RowMajor> history_;
+};
+
+namespace detail {
+
+namespace sd = ssm_detail_standin;
+
+// One channel range of one sequence.
+struct conv1d_block {
+  const float* x;  // at t = 0, first channel
+  index_t x_step;  // between tokens
+  float* out;
+  index_t out_step;
+  index_t seq;
+  const float* w;  // weight[c, k] at w[c*w_step + k]
+  index_t w_step;
+  const float* bias;  // or null
+  float* hist;        // [width-1, hist_step] or null: zero history, not written back
+  index_t hist_step;
+  bool silu;
+};
+
+// Taps and bias of S channels gathered into batches once per call, so no
+// transposed copy (and no scratch) is needed; lanes past nvalid get zeros.
+template <class Arch>
+inline xsimd::batch<float, Arch> conv1d_gather(const float* p, index_t step, index_t nvalid) {
+  alignas(Arch::alignment()) float buf[xsimd::batch<float, Arch>::size] = {};
+  for (index_t i = 0; i < nvalid; ++i) buf[i] = p[i * step];
+  return xsimd::batch<float, Arch>::load_aligned(buf);
+}
+
+// V batches of channels side by side (a whole cache line on AVX2 when V = 2),
+// the window of the last W-1 inputs held in registers.
+template <int W, int V, bool Partial, class Arch>
+inline void conv1d_lanes(Arch, const conv1d_block& b, index_t c, index_t nvalid) {
+  using batch = sd::fbatch<Arch>;
+  constexpr index_t S = sd::lanes<Arch>;
+  constexpr int H = W - 1;
+  static_assert(!Partial || V == 1, "a partial batch is processed alone");
+  auto load = [&](const float* p) { return Partial ? sd::load_partial<Arch>(p, nvalid, 0.f) : batch::load_unaligned(p); };
+  auto store = [&](float* p, const batch& v) {
+    if (Partial) sd::store_partial<Arch>(p, v, nvalid);
+    else v.store_unaligned(p);
+  };
+
+  batch w[V][W], win[V][H], bias[V];
+  for (int v = 0; v < V; ++v) {
+    const index_t cv = c + v * S, nv = Partial ? nvalid : S;
+    for (int k = 0; k < W; ++k) w[v][k] = conv1d_gather<Arch>(b.w + cv * b.w_step + k, b.w_step, nv);
+    bias[v] = b.bias ? conv1d_gather<Arch>(b.bias + cv, 1, nv) : batch(0.f);
+    for (int k = 0; k < H; ++k) win[v][k] = b.hist ? load(b.hist + k * b.hist_step + cv) : batch(0.f);
+  }
+  for (index_t t = 0; t < b.seq; ++t) {
+    const float* xt = b.x + t * b.x_step + c;
+    float* ot = b.out + t * b.out_step + c;
+    for (int v = 0; v < V; ++v) {
+      const batch cur = load(xt + v * S);
+      batch acc = xsimd::fma(w[v][H], cur, bias[v]);
+      for (int k = 0; k < H; ++k) acc = xsimd::fma(w[v][k], win[v][k], acc);
+      if (b.silu) acc = sd::silu<Arch>(acc);
+      store(ot + v * S, acc);
+      for (int k = 0; k + 1 < H; ++k) win[v][k] = win[v][k + 1];
+      win[v][H - 1] = cur;
+    }
+  }
+  if (b.hist)
+    for (int v = 0; v < V; ++v)
+      for (int k = 0; k < H; ++k) store(b.hist + k * b.hist_step + c + v * S, win[v][k]);
+}
+
+template <int W, class Arch>
+inline void conv1d_range(Arch arch, const conv1d_block& b, index_t c0, index_t c1) {
+  constexpr index_t S = sd::lanes<Arch>;
+  index_t c = c0;
+  for (; c + 2 * S <= c1; c += 2 * S) conv1d_lanes<W, 2, false>(arch, b, c, 2 * S);
+  for (; c + S <= c1; c += S) conv1d_lanes<W, 1, false>(arch, b, c, S);
+  if (c < c1) conv1d_lanes<W, 1, true>(arch, b, c, c1 - c);
+}
+
+template <class Arch>
+inline void conv1d_dispatch(Arch arch, index_t width, const conv1d_block& b, index_t c0, index_t c1) {
+  switch (width) {
+    case 2: return conv1d_range<2>(arch, b, c0, c1);
+    case 3: return conv1d_range<3>(arch, b, c0, c1);
+    case 4: return conv1d_range<4>(arch, b, c0, c1);
+    case 5: return conv1d_range<5>(arch, b, c0, c1);
+    case 6: return conv1d_range<6>(arch, b, c0, c1);
+    case 7: return conv1d_range<7>(arch, b, c0, c1);
+    case 8: return conv1d_range<8>(arch, b, c0, c1);
+    default: return;  // validated before
+  }
+}
+
+inline void conv1d_validate(const tensor_view<const float, 3>& x, const tensor_view<const float, 2>& weight,
+                            const tensor_view<const float, 1>& bias, const conv1d_state* state,
+                            const tensor_view<float, 3>& out) {
+  require_layout("x", x);
+  require_layout("weight", weight);
+  require_layout("out", out);
+  const index_t batch = x.dim(0), channels = x.dim(2);
+  const index_t width = weight.dim(1);
+  require_shape("weight", weight, {channels, -1});
+  require(width >= conv1d_min_width && width <= conv1d_max_width, "weight width (dim 1)",
+          "in [" + std::to_string(conv1d_min_width) + ", " + std::to_string(conv1d_max_width) + "]", width);
+  if (bias.data() != nullptr) {
+    require_layout("bias", bias);
+    require_shape("bias", bias, {channels});
+  }
+  require_shape<float, 3>("out", out, x.dims());
+  if (state) {
+    require(state->batch() == batch, "state batch", batch, state->batch());
+    require(state->channels() == channels, "state channels", channels, state->channels());
+    require(state->width() == width, "state width", width, state->width());
+  }
+}
+
+// Validated inputs; state may be null (zero history, nothing kept).
+template <class Arch>
+inline void conv1d_kernel(Arch arch, const tensor_view<const float, 3>& x, const tensor_view<const float, 2>& weight,
+                          const tensor_view<const float, 1>& bias, conv1d_state* state, const tensor_view<float, 3>& out,
+                          const conv1d_options& opts) {
+  const index_t batch = x.dim(0), seq = x.dim(1), channels = x.dim(2), width = weight.dim(1);
+  if (batch == 0 || channels == 0 || seq == 0) return;
+
+  // 64 channels per item: whole cache lines, and enough items to share across
+  // workers even at batch 1.
+  constexpr index_t chunk = 64;
+  const index_t chunks = (channels + chunk - 1) / chunk;
+  parallel_for(opts.policy, batch * chunks, [&](index_t item, int) {
+    const index_t bi = item / chunks, c0 = (item % chunks) * chunk, c1 = std::min(channels, c0 + chunk);
+    conv1d_block blk;
+    blk.x = x.ptr(bi, 0, 0);
+    blk.x_step = x.stride(1);
+    blk.out = out.ptr(bi, 0, 0);
+    blk.out_step = out.stride(1);
+    blk.seq = seq;
+    blk.w = weight.data();
+    blk.w_step = weight.stride(0);
+    blk.bias = bias.data();
+    blk.hist = state ? state->history().ptr(bi, 0, 0) : nullptr;
+    blk.hist_step = channels;
+    blk.silu = opts.silu;
+    conv1d_dispatch(arch, width, blk, c0, c1);
+  });
+}
+
+// A [batch, channels] token seen as [batch, 1, channels], so the step runs the
+// prefill kernel and the two agree bit for bit.
+template <class T>
+tensor_view<T, 3> conv1d_as_one_token(const tensor_view<T, 2>& v) {
+  return tensor_view<T, 3>(v.data(), {v.dim(0), 1, v.dim(1)}, {v.stride(0), v.stride(0), v.stride(1)});
+}
+
+}  // namespace detail
+
+// causal_conv1d_fn without states: the sequence starts from zeros.
+inline void conv1d(tensor_view<const float, 3> x,       // [batch, seq, channels]
+                   tensor_view<const float, 2> weight,  // [channels, width]
+                   tensor_view<const float, 1> bias,    // [channels], or empty for none
+                   tensor_view<float, 3> out,           // [batch, seq, channels]
+                   const conv1d_options& opts = {}) {
+  detail::conv1d_validate(x, weight, bias, nullptr, out);
+  detail::conv1d_kernel(xsimd::default_arch{}, x, weight, bias, nullptr, out, opts);
+}
+
+// Continues from `state` and leaves in it the last width-1 inputs, so
+// prefill(L1) then prefill(L2) equals prefill(L1 + L2) equals L1 + L2 steps.
+// `out` must not overlap `x`.
+inline void conv1d_prefill(tensor_view<const float, 3> x,       // [batch, seq, channels]
+                           tensor_view<const float, 2> weight,  // [channels, width]
+                           tensor_view<const float, 1> bias,    // [channels], or empty for none
+                           conv1d_state& state,                 // batch, channels, width
+                           tensor_view<float, 3> out,           // [batch, seq, channels]
+                           const conv1d_options& opts = {}) {
+  detail::conv1d_validate(x, weight, bias, &state, out);
+  detail::conv1d_kernel(xsimd::default_arch{}, x, weight, bias, &state, out, opts);
+}
+
+// One token per sequence (causal_conv1d_update with seqlen 1).
+inline void conv1d_step(tensor_view<const float, 2> x,       // [batch, channels]
+                        tensor_view<const float, 2> weight,  // [channels, width]
+                        tensor_view<const float, 1> bias,    // [channels], or empty for none
+                        conv1d_state& state,                 // batch, channels, width
+                        tensor_view<float, 2> out,           // [batch, channels]
+                        const conv1d_options& opts = {}) {
+  require_layout("x", x);
+  require_layout("out", out);
+  require_shape<float, 2>("out", out, x.dims());
+  const auto x3 = detail::conv1d_as_one_token(x);
+  const auto o3 = detail::conv1d_as_one_token(out);
+  detail::conv1d_validate(x3, weight, bias, &state, o3);
+  detail::conv1d_kernel(xsimd::default_arch{}, x3, weight, bias, &state, o3, opts);
+}
+
+}  // namespace tokmix
