@@ -1,0 +1,379 @@
+#pragma once
+// Mamba-1 selective scan (S6), prefill and one-token step on one state.
+// CPU ports of it (mamba_ssm's reference loop, ggml's ssm_scan) compute one
+// scalar expf per (token, channel, state) element, which dominates their time;
+// here the channel axis is the SIMD axis, so exp, softplus, the D skip and the
+// z gate run on whole batches, and each state element's update is one FMA.
+//
+// ref: Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State
+//      Spaces" (2023), Algorithm 2 and sec. 3.3; semantics of mamba_ssm
+//      selective_scan_fn / selective_scan_ref (prefill) and
+//      selective_state_update (step). For channel d, state n, group g(d):
+//
+//   delta_t[d] = softplus(delta[t,d] + delta_bias[d])      (softplus optional)
+//   h_t[d,n]   = exp(delta_t[d] A[d,n]) h_{t-1}[d,n] + delta_t[d] B[t,g,n] u[t,d]
+//   y[t,d]     = (sum_n C[t,g,n] h_t[d,n] + D[d] u[t,d]) * silu(z[t,d])   (D, z optional)
+//
+// Channel d uses group d / (d_inner / G) of B and C, as grouped heads do.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include <unsupported/Eigen/CXX11/Tensor>
+#include <xsimd/xsimd.hpp>
+
+#include "tokmix/core/error.hpp"
+#include "tokmix/core/scratch.hpp"
+#include "tokmix/core/tensor_view.hpp"
+#include "tokmix/core/threading.hpp"
+#include "tokmix/ssm/detail/simd_standin.hpp"
+
+namespace tokmix {
+
+struct selective_scan_params {
+  tensor_view<const float, 1> D;           // [d_inner] skip; empty = none
+  tensor_view<const float, 1> delta_bias;  // [d_inner] added to delta; empty = none
+  bool delta_softplus = false;             // delta <- softplus(delta + delta_bias)
+
+  // Packed variable-length batch: batch must be 1, sequence s is tokens
+  // [cu_seqlens[s], cu_seqlens[s+1]) and uses state s. Empty = one
+  // sequence per batch entry.                                   // [n_seqs + 1]
+  tensor_view<const std::int32_t, 1> cu_seqlens;
+
+  exec_policy policy;
+};
+
+// h of every sequence: initial state in, final state out. Fresh = zeros.
+class selective_scan_state {
+ public:
+  selective_scan_state() : selective_scan_state(0, 0, 0) {}
+  selective_scan_state(index_t batch, index_t d_inner, index_t d_state) {
+    require(batch >= 0, "selective_scan_state batch", ">= 0", batch);
+    require(d_inner >= 0, "selective_scan_state d_inner", ">= 0", d_inner);
+    require(d_state >= 0, "selective_scan_state d_state", ">= 0", d_state);
+    h_.resize(batch, d_inner, d_state);
+    reset();
+  }
+
+  index_t batch() const { return h_.dimension(0); }
+  index_t d_inner() const { return h_.dimension(1); }
+  index_t d_state() const { return h_.dimension(2); }
+
+  void reset() { h_.setZero(); }
+
+  //                                                     // [batch, d_inner, d_state]
+  tensor_view<float, 3> h() { return as_view(h_); }
+  tensor_view<const float, 3> h() const { return as_view(h_); }
+
+ private:
+  Eigen::Tensor<float, 3, Eigen::RowMajor> h_;
+};
+
+namespace detail {
+
+namespace sd = ssm_detail_standin;
+
+struct selective_scan_args {
+  tensor_view<const float, 3> u, delta;  // [batch, seq, d_inner]
+  tensor_view<const float, 2> A;         // [d_inner, d_state]
+  tensor_view<const float, 4> B, C;      // [batch, seq, groups, d_state]
+  tensor_view<const float, 3> z;         // [batch, seq, d_inner] or empty
+  tensor_view<float, 3> y;               // [batch, seq, d_inner]
+  selective_scan_state* state;
+  const selective_scan_params* params;
+};
+
+template <class T, int R>
+inline bool selective_scan_given(const tensor_view<T, R>& v) {
+  return v.data() != nullptr;
+}
+
+template <int R>
+inline void selective_scan_require_finite(const char* name, const tensor_view<const float, R>& v) {
+  // Parameters are small (d_inner x d_state at most); a full scan costs nothing.
+  const index_t n = v.size();
+  if (n == 0) return;
+  index_t idx[R] = {};
+  for (index_t i = 0; i < n; ++i) {
+    index_t off = 0;
+    for (int k = 0; k < R; ++k) off += idx[k] * v.stride(k);
+    const float x = v.data()[off];
+    if (!std::isfinite(x)) throw argument_error(name, "finite values", detail::to_text(x) + " at flat index " + std::to_string(i));
+    for (int k = R - 1; k >= 0; --k) {
+      if (++idx[k] < v.dim(k)) break;
+      idx[k] = 0;
+    }
+  }
+}
+
+inline void selective_scan_validate(const selective_scan_args& a) {
+  require_layout("u", a.u);
+  require_layout("delta", a.delta);
+  require_layout("A", a.A);
+  require_layout("B", a.B);
+  require_layout("C", a.C);
+  require_layout("y", a.y);
+  const index_t batch = a.u.dim(0), seq = a.u.dim(1), d_inner = a.u.dim(2);
+  const index_t d_state = a.A.dim(1), groups = a.B.dim(2);
+  require_shape<const float, 3>("delta", a.delta, a.u.dims());
+  require_shape("A", a.A, {d_inner, -1});
+  require_shape("B", a.B, {batch, seq, -1, d_state});
+  require(groups >= 1, "B groups (dim 2)", ">= 1", groups);
+  require_shape<const float, 4>("C", a.C, a.B.dims());
+  require(d_inner % groups == 0, "B groups (dim 2)", "a divisor of d_inner = " + std::to_string(d_inner), groups);
+  if (selective_scan_given(a.z)) {
+    require_layout("z", a.z);
+    require_shape<const float, 3>("z", a.z, a.u.dims());
+  }
+  require_shape<float, 3>("y", a.y, a.u.dims());
+  const selective_scan_params& p = *a.params;
+  if (selective_scan_given(p.D)) {
+    require_layout("D", p.D);
+    require_shape("D", p.D, {d_inner});
+  }
+  if (selective_scan_given(p.delta_bias)) {
+    require_layout("delta_bias", p.delta_bias);
+    require_shape("delta_bias", p.delta_bias, {d_inner});
+  }
+  index_t n_states = batch;
+  if (selective_scan_given(p.cu_seqlens)) {
+    const auto& cu = p.cu_seqlens;
+    require_layout("cu_seqlens", cu);
+    require(batch == 1, "u batch (dim 0) with cu_seqlens", 1, batch);
+    require(cu.dim(0) >= 1, "cu_seqlens size", ">= 1 (n_seqs + 1)", cu.dim(0));
+    require(cu(0) == 0, "cu_seqlens[0]", 0, cu(0));
+    for (index_t s = 1; s < cu.dim(0); ++s)
+      if (cu(s) < cu(s - 1))
+        throw argument_error("cu_seqlens", "non-decreasing offsets",
+                             std::to_string(cu(s)) + " after " + std::to_string(cu(s - 1)) + " at " + std::to_string(s));
+    require(cu(cu.dim(0) - 1) == seq, "cu_seqlens[n_seqs]", "seq = " + std::to_string(seq), cu(cu.dim(0) - 1));
+    n_states = cu.dim(0) - 1;
+  }
+  require(a.state->batch() == n_states, "state batch", n_states, a.state->batch());
+  require(a.state->d_inner() == d_inner, "state d_inner", d_inner, a.state->d_inner());
+  require(a.state->d_state() == d_state, "state d_state", d_state, a.state->d_state());
+  selective_scan_require_finite("A", a.A);
+  if (selective_scan_given(p.D)) selective_scan_require_finite("D", p.D);
+  if (selective_scan_given(p.delta_bias)) selective_scan_require_finite("delta_bias", p.delta_bias);
+}
+
+// One channel range of one sequence. Per-channel constants are laid out
+// [d_state][lanes-padded channels] so the inner loop over n reads whole
+// batches; pad lanes hold zeros and compute harmless values that are dropped.
+struct selective_scan_block {
+  index_t t0, t1;       // token range
+  index_t bi;           // batch index of the inputs
+  index_t c0, nch;      // first channel, channel count
+  index_t g;            // group of B and C
+  index_t width;        // nch rounded up to lanes
+  const float* at;      // [d_state, width]: A transposed
+  float* ht;            // [d_state, width]: state transposed
+  const float* dskip;   // [width] or null
+  const float* dbias;   // [width] or null
+};
+
+template <bool Partial, class Arch>
+inline void selective_scan_lanes(Arch, const selective_scan_args& a, const selective_scan_block& k, index_t t,
+                                 index_t j, index_t nvalid, bool softplus, const float* bt, const float* ct) {
+  using batch = sd::fbatch<Arch>;
+  auto load = [&](const float* p) { return Partial ? sd::load_partial<Arch>(p, nvalid, 0.f) : batch::load_unaligned(p); };
+  const index_t c = k.c0 + j;
+  const index_t n_state = a.A.dim(1), w = k.width;
+  batch dt = load(a.delta.ptr(k.bi, t, c));
+  if (k.dbias) dt += batch::load_aligned(k.dbias + j);
+  if (softplus) dt = sd::softplus<Arch>(dt);
+  const batch uu = load(a.u.ptr(k.bi, t, c));
+  const batch dtu = dt * uu;
+  batch y = k.dskip ? batch::load_aligned(k.dskip + j) * uu : batch(0.f);
+  const float* at = k.at + j;
+  float* ht = k.ht + j;
+  for (index_t n = 0; n < n_state; ++n) {
+    const batch decay = sd::exp_batch<Arch>(dt * batch::load_aligned(at + n * w));
+    const batch h = xsimd::fma(decay, batch::load_aligned(ht + n * w), dtu * batch(bt[n]));
+    h.store_aligned(ht + n * w);
+    y = xsimd::fma(h, batch(ct[n]), y);
+  }
+  if (selective_scan_given(a.z)) y *= sd::silu<Arch>(load(a.z.ptr(k.bi, t, c)));
+  float* yp = a.y.ptr(k.bi, t, c);
+  if (Partial) sd::store_partial<Arch>(yp, y, nvalid);
+  else y.store_unaligned(yp);
+}
+
+template <class Arch>
+inline void selective_scan_block_run(Arch arch, const selective_scan_args& a, const selective_scan_block& k) {
+  constexpr index_t S = sd::lanes<Arch>;
+  const bool softplus = a.params->delta_softplus;
+  const index_t full = k.nch / S * S;
+  for (index_t t = k.t0; t < k.t1; ++t) {
+    const float* bt = a.B.ptr(k.bi, t, k.g, 0);
+    const float* ct = a.C.ptr(k.bi, t, k.g, 0);
+    for (index_t j = 0; j < full; j += S) selective_scan_lanes<false>(arch, a, k, t, j, S, softplus, bt, ct);
+    if (full < k.nch) selective_scan_lanes<true>(arch, a, k, t, full, k.nch - full, softplus, bt, ct);
+  }
+}
+
+// Channels per work item: a multiple of the lanes, small enough that the
+// transposed A and h of the item (2 * d_state * chunk floats) stay in L1.
+template <class Arch>
+inline index_t selective_scan_chunk(index_t d_state) {
+  constexpr index_t S = sd::lanes<Arch>;
+  const index_t fit = 2048 / std::max<index_t>(d_state, 1) / S * S;
+  return std::max(S, std::min<index_t>(64, fit));
+}
+
+template <class Arch>
+inline void selective_scan_kernel(Arch arch, const selective_scan_args& a) {
+  constexpr index_t S = sd::lanes<Arch>;
+  const selective_scan_params& p = *a.params;
+  const index_t batch = a.u.dim(0), seq = a.u.dim(1), d_inner = a.u.dim(2);
+  const index_t d_state = a.A.dim(1), groups = a.B.dim(2);
+  const bool varlen = selective_scan_given(p.cu_seqlens);
+  const index_t n_seqs = varlen ? p.cu_seqlens.dim(0) - 1 : batch;
+  if (n_seqs == 0 || d_inner == 0 || seq == 0) return;
+
+  const index_t per_group = d_inner / groups;
+  const index_t chunk = std::min(selective_scan_chunk<Arch>(d_state), (per_group + S - 1) / S * S);
+  const index_t chunks = (per_group + chunk - 1) / chunk;
+  const int slots = worker_slots(p.policy);
+  const std::size_t slot_bytes = 2 * scratch_frame::bytes_for<float>(chunk * d_state) +
+                                 2 * scratch_frame::bytes_for<float>(chunk);
+  scratch_frame frame(slot_bytes * slots);
+  float* base = frame.alloc<float>(slot_bytes / sizeof(float) * slots);
+
+  auto state_h = a.state->h();
+  parallel_for(p.policy, n_seqs * groups * chunks, [&](index_t item, int worker) {
+    const index_t s = item / (groups * chunks);
+    const index_t g = item / chunks % groups;
+    const index_t c0 = g * per_group + item % chunks * chunk;
+    selective_scan_block k;
+    k.bi = varlen ? 0 : s;
+    k.t0 = varlen ? p.cu_seqlens(s) : 0;
+    k.t1 = varlen ? p.cu_seqlens(s + 1) : seq;
+    if (k.t0 == k.t1) return;  // empty sequence: state stays as it is
+    k.c0 = c0;
+    k.nch = std::min(chunk, (g + 1) * per_group - c0);
+    k.g = g;
+    k.width = (k.nch + S - 1) / S * S;
+
+    float* mem = base + slot_bytes / sizeof(float) * worker;
+    float* at = mem;
+    float* ht = at + scratch_frame::bytes_for<float>(chunk * d_state) / sizeof(float);
+    float* dskip = ht + scratch_frame::bytes_for<float>(chunk * d_state) / sizeof(float);
+    float* dbias = dskip + scratch_frame::bytes_for<float>(chunk) / sizeof(float);
+    const index_t w = k.width;
+    for (index_t n = 0; n < d_state; ++n)
+      for (index_t i = 0; i < w; ++i) {
+        const bool valid = i < k.nch;
+        at[n * w + i] = valid ? a.A(c0 + i, n) : 0.f;
+        ht[n * w + i] = valid ? state_h(s, c0 + i, n) : 0.f;
+      }
+    for (index_t i = 0; i < w; ++i) {
+      const bool valid = i < k.nch;
+      dskip[i] = valid && selective_scan_given(p.D) ? p.D(c0 + i) : 0.f;
+      dbias[i] = valid && selective_scan_given(p.delta_bias) ? p.delta_bias(c0 + i) : 0.f;
+    }
+    k.at = at;
+    k.ht = ht;
+    k.dskip = selective_scan_given(p.D) ? dskip : nullptr;
+    k.dbias = selective_scan_given(p.delta_bias) ? dbias : nullptr;
+
+    selective_scan_block_run(arch, a, k);
+
+    for (index_t i = 0; i < k.nch; ++i)
+      for (index_t n = 0; n < d_state; ++n) state_h(s, c0 + i, n) = ht[n * w + i];
+  });
+}
+
+// A one-token tensor [batch, ...] seen as [batch, 1, ...], so the step runs the
+// prefill kernel and the two agree bit for bit.
+template <class T, int R>
+inline tensor_view<T, R + 1> selective_scan_one_token(const tensor_view<T, R>& v) {
+  typename tensor_view<T, R + 1>::shape_type d{}, st{};
+  d[0] = v.dim(0);
+  st[0] = v.stride(0);
+  d[1] = 1;
+  st[1] = v.stride(0);
+  for (int i = 1; i < R; ++i) {
+    d[i + 1] = v.dim(i);
+    st[i + 1] = v.stride(i);
+  }
+  return tensor_view<T, R + 1>(v.data(), d, st);
+}
+
+inline void selective_scan_run(const selective_scan_args& a) {
+  selective_scan_validate(a);
+  selective_scan_kernel(xsimd::default_arch{}, a);
+}
+
+}  // namespace detail
+
+// selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus) with
+// the initial state taken from `state` and the final state left in it.
+// `y` must not overlap any input.
+inline void selective_scan_prefill(tensor_view<const float, 3> u,      // [batch, seq, d_inner]
+                                   tensor_view<const float, 3> delta,  // [batch, seq, d_inner]
+                                   tensor_view<const float, 2> A,      // [d_inner, d_state]
+                                   tensor_view<const float, 4> B,      // [batch, seq, groups, d_state]
+                                   tensor_view<const float, 4> C,      // [batch, seq, groups, d_state]
+                                   tensor_view<const float, 3> z,      // [batch, seq, d_inner]; empty = no gate
+                                   selective_scan_state& state,        // [batch or n_seqs, d_inner, d_state]
+                                   tensor_view<float, 3> y,            // [batch, seq, d_inner]
+                                   const selective_scan_params& params = {}) {
+  detail::selective_scan_run({u, delta, A, B, C, z, y, &state, &params});
+}
+
+// Without the z gate.
+inline void selective_scan_prefill(tensor_view<const float, 3> u,      // [batch, seq, d_inner]
+                                   tensor_view<const float, 3> delta,  // [batch, seq, d_inner]
+                                   tensor_view<const float, 2> A,      // [d_inner, d_state]
+                                   tensor_view<const float, 4> B,      // [batch, seq, groups, d_state]
+                                   tensor_view<const float, 4> C,      // [batch, seq, groups, d_state]
+                                   selective_scan_state& state,        // [batch or n_seqs, d_inner, d_state]
+                                   tensor_view<float, 3> y,            // [batch, seq, d_inner]
+                                   const selective_scan_params& params = {}) {
+  detail::selective_scan_run({u, delta, A, B, C, tensor_view<const float, 3>(), y, &state, &params});
+}
+
+// One token per sequence (selective_state_update semantics), on the state a
+// prefill leaves: prefill(L) then steps == steps from the start, bit for bit.
+inline void selective_scan_step(tensor_view<const float, 2> u,      // [batch, d_inner]
+                                tensor_view<const float, 2> delta,  // [batch, d_inner]
+                                tensor_view<const float, 2> A,      // [d_inner, d_state]
+                                tensor_view<const float, 3> B,      // [batch, groups, d_state]
+                                tensor_view<const float, 3> C,      // [batch, groups, d_state]
+                                tensor_view<const float, 2> z,      // [batch, d_inner]; empty = no gate
+                                selective_scan_state& state,        // [batch, d_inner, d_state]
+                                tensor_view<float, 2> y,            // [batch, d_inner]
+                                const selective_scan_params& params = {}) {
+  require(!detail::selective_scan_given(params.cu_seqlens), "cu_seqlens", "empty for a step (one token per batch entry)",
+          "size " + std::to_string(params.cu_seqlens.dim(0)));
+  using detail::selective_scan_one_token;
+  // The shape checks must see the rank-2/3 extents before they are reshaped.
+  require_layout("u", u);
+  require_shape<const float, 2>("delta", delta, u.dims());
+  require_shape<float, 2>("y", y, u.dims());
+  require(B.dim(0) == u.dim(0), "B batch (dim 0)", u.dim(0), B.dim(0));
+  require(C.dim(0) == u.dim(0), "C batch (dim 0)", u.dim(0), C.dim(0));
+  if (detail::selective_scan_given(z)) require_shape<const float, 2>("z", z, u.dims());
+  tensor_view<const float, 3> z3;
+  if (detail::selective_scan_given(z)) z3 = selective_scan_one_token(z);
+  detail::selective_scan_run({selective_scan_one_token(u), selective_scan_one_token(delta), A,
+                              selective_scan_one_token(B), selective_scan_one_token(C), z3,
+                              selective_scan_one_token(y), &state, &params});
+}
+
+// Without the z gate.
+inline void selective_scan_step(tensor_view<const float, 2> u,      // [batch, d_inner]
+                                tensor_view<const float, 2> delta,  // [batch, d_inner]
+                                tensor_view<const float, 2> A,      // [d_inner, d_state]
+                                tensor_view<const float, 3> B,      // [batch, groups, d_state]
+                                tensor_view<const float, 3> C,      // [batch, groups, d_state]
+                                selective_scan_state& state,        // [batch, d_inner, d_state]
+                                tensor_view<float, 2> y,            // [batch, d_inner]
+                                const selective_scan_params& params = {}) {
+  selective_scan_step(u, delta, A, B, C, tensor_view<const float, 2>(), state, y, params);
+}
+
+}  // namespace tokmix
