@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "attention/reference.hpp"
+#include "tokmix/attention/flash_attention.hpp"
 #include "tokmix/attention/rope.hpp"
 #include "support/compare.hpp"
 
@@ -83,8 +84,8 @@ decode_result run_decode(const sequence& s, index_t T_len, index_t n, const tokm
   decode_result r;
   r.o.assign(static_cast<std::size_t>(s.B * n * s.Hq * s.Dv), std::numeric_limits<float>::quiet_NaN());
   r.lse.assign(static_cast<std::size_t>(s.B * s.Hq * n), std::numeric_limits<float>::quiet_NaN());
-  tokmix::attention_decode(s.qs(q_start(T_len, n), n), cache, tokmix::tensor_view<float, 4>(r.o.data(), {s.B, n, s.Hq, s.Dv}), p,
-                           tokmix::tensor_view<float, 3>(r.lse.data(), {s.B, s.Hq, n}));
+  tokmix::attention_decode(s.qs(q_start(T_len, n), n), cache, tokmix::tensor_view<float, 4>(r.o.data(), {s.B, n, s.Hq, s.Dv}),
+                           tokmix::tensor_view<float, 3>(r.lse.data(), {s.B, s.Hq, n}), p);
   return r;
 }
 
@@ -241,6 +242,10 @@ TEST_CASE("attention_decode: step by step equals full causal attention (with RoP
   p.causal = true;
   const auto ref = tokmix_test::attention_reference<float, float, float>(s.qs(0, L), s.ks(0, L), s.vs(0, L), p);
   TOKMIX_REQUIRE_CLOSE(o.data(), ref.o.data(), o.size(), 2e-5, 1e-4);
+  // And the prefill kernel on the same sequence.
+  std::vector<float> o_prefill(o.size());
+  tokmix::flash_attention(s.qs(0, L), s.ks(0, L), s.vs(0, L), tokmix::tensor_view<float, 4>(o_prefill.data(), {2, L, Hq, D}), p);
+  TOKMIX_REQUIRE_CLOSE(o.data(), o_prefill.data(), o.size(), 2e-5, 1e-4);
 }
 
 TEST_CASE("attention_decode: ring cache with window and sinks equals full attention", "[attention][decode]") {
@@ -259,8 +264,8 @@ TEST_CASE("attention_decode: ring cache with window and sinks equals full attent
     ring.append(s.ks(t, n), s.vs(t, n));
     t += n;
     std::vector<float> o(static_cast<std::size_t>(n * Hq * D)), lse(static_cast<std::size_t>(Hq * n));
-    tokmix::attention_decode(s.qs(t - n, n), ring, tokmix::tensor_view<float, 4>(o.data(), {1, n, Hq, D}), p,
-                             tokmix::tensor_view<float, 3>(lse.data(), {1, Hq, n}));
+    tokmix::attention_decode(s.qs(t - n, n), ring, tokmix::tensor_view<float, 4>(o.data(), {1, n, Hq, D}),
+                             tokmix::tensor_view<float, 3>(lse.data(), {1, Hq, n}), p);
     const auto ref = run_reference(s, t, n, p);
     INFO("t=" << t << " n=" << n);
     TOKMIX_REQUIRE_CLOSE(o.data(), ref.o.data(), o.size(), 2e-5, 1e-4);
@@ -333,8 +338,8 @@ TEST_CASE("attention_decode: steady state allocates no scratch", "[attention][de
   p.window_left = 100;
   auto step = [&](index_t t) {
     cache.append(s.ks(t, 1), s.vs(t, 1));
-    tokmix::attention_decode(s.qs(t, 1), cache, tokmix::tensor_view<float, 4>(o.data(), {1, 1, Hq, D}), p,
-                             tokmix::tensor_view<float, 3>(lse.data(), {1, Hq, 1}));
+    tokmix::attention_decode(s.qs(t, 1), cache, tokmix::tensor_view<float, 4>(o.data(), {1, 1, Hq, D}),
+                             tokmix::tensor_view<float, 3>(lse.data(), {1, Hq, 1}), p);
   };
   step(T_len - 5);
   const std::size_t growths = tokmix::scratch_arena::local().growth_count();
@@ -367,26 +372,26 @@ TEST_CASE("attention_decode: bad arguments throw and write nothing", "[attention
   expect_throw([&] { cache.append(s.ks(9, 1), s.vs(9, 1)); }, "k_new");
   // Head dim, batch, heads that don't divide.
   std::vector<float> qbig(static_cast<std::size_t>(2 * 3 * 2 * D), 0.f);
-  expect_throw([&] { tokmix::attention_decode(V4(qbig.data(), {1, 1, 4, D + 1}), cache, ov, p, lv); }, "q_new");
-  expect_throw([&] { tokmix::attention_decode(V4(qbig.data(), {2, 1, 4, D}), cache, ov, p, lv); }, "q_new");
+  expect_throw([&] { tokmix::attention_decode(V4(qbig.data(), {1, 1, 4, D + 1}), cache, ov, lv, p); }, "q_new");
+  expect_throw([&] { tokmix::attention_decode(V4(qbig.data(), {2, 1, 4, D}), cache, ov, lv, p); }, "q_new");
   expect_throw([&] { tokmix::attention_decode(V4(qbig.data(), {1, 1, 3, D}), cache, tokmix::tensor_view<float, 4>(o.data(), {1, 1, 3, D}), p); },
                "q_new");
   // Output shapes.
   expect_throw([&] { tokmix::attention_decode(s.qs(9, 1), cache, tokmix::tensor_view<float, 4>(o.data(), {1, 1, 4, D - 1}), p); }, "o");
-  expect_throw([&] { tokmix::attention_decode(s.qs(9, 1), cache, ov, p, tokmix::tensor_view<float, 3>(lse.data(), {1, 1, 4})); }, "lse");
+  expect_throw([&] { tokmix::attention_decode(s.qs(9, 1), cache, ov, tokmix::tensor_view<float, 3>(lse.data(), {1, 1, 4}), p); }, "lse");
   // Options.
   p.window_left = -2;
-  expect_throw([&] { tokmix::attention_decode(s.qs(9, 1), cache, ov, p, lv); }, "params.window_left");
+  expect_throw([&] { tokmix::attention_decode(s.qs(9, 1), cache, ov, lv, p); }, "params.window_left");
   p = {};
   p.alignment = tokmix::causal_alignment::top_left;
-  expect_throw([&] { tokmix::attention_decode(s.qs(9, 1), cache, ov, p, lv); }, "params.alignment");
+  expect_throw([&] { tokmix::attention_decode(s.qs(9, 1), cache, ov, lv, p); }, "params.alignment");
   p = {};
   std::vector<std::int32_t> seg(10, 0);
   p.q_segment_ids = tokmix::tensor_view<const std::int32_t, 2>(seg.data(), {1, 1});
   p.k_segment_ids = tokmix::tensor_view<const std::int32_t, 2>(seg.data(), {1, 10});
-  expect_throw([&] { tokmix::attention_decode(s.qs(9, 1), cache, ov, p, lv); }, "params.q_segment_ids");
+  expect_throw([&] { tokmix::attention_decode(s.qs(9, 1), cache, ov, lv, p); }, "params.q_segment_ids");
   p = {};
   std::vector<float> bias(4 * 9, 0.f);
   p.bias = tokmix::tensor_view<const float, 4>(bias.data(), {1, 4, 1, 9});  // cache holds 10 keys
-  expect_throw([&] { tokmix::attention_decode(s.qs(9, 1), cache, ov, p, lv); }, "params.bias");
+  expect_throw([&] { tokmix::attention_decode(s.qs(9, 1), cache, ov, lv, p); }, "params.bias");
 }

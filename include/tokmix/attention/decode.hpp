@@ -58,6 +58,7 @@
 #include "tokmix/core/scratch.hpp"
 #include "tokmix/core/tensor_view.hpp"
 #include "tokmix/core/threading.hpp"
+#include "tokmix/simd/convert.hpp"
 #include "tokmix/simd/exp.hpp"
 #include "tokmix/simd/reduce.hpp"
 
@@ -195,7 +196,7 @@ std::size_t decode_item_bytes(const decode_plan& pl) {
 
 template <class Src>
 inline void decode_widen(const Src* src, float* dst, index_t n) {
-  for (index_t i = 0; i < n; ++i) dst[i] = to_float(src[i]);
+  simd::convert(src, dst, n);
 }
 
 // Runs one (b, kv head g, split) item. Leaves in o_acc[R, dv] the normalised
@@ -388,9 +389,10 @@ void attention_decode(const Q& q_new, const kv_cache<T>& cache, O&& o, const att
 }
 
 // Same, also writing lse = log sum_j exp(s_ij) (natural log, -inf for a row
-// that sees no key).                                 // lse: [batch, heads_q, n]
-template <class Q, class T, class O, class L>
-void attention_decode(const Q& q_new, const kv_cache<T>& cache, O&& o, const attention_params& params, L&& lse) {
+// that sees no key). Argument order as flash_attention.   // lse: [batch, heads_q, n]
+template <class Q, class T, class O, class L,
+          class = std::enable_if_t<!std::is_same<std::decay_t<L>, attention_params>::value>>
+void attention_decode(const Q& q_new, const kv_cache<T>& cache, O&& o, L&& lse, const attention_params& params = {}) {
   const auto qv = as_view(q_new);
   const auto ov = as_view(o);
   using QE = typename decltype(qv)::value_type;

@@ -37,6 +37,7 @@
 #include "tokmix/core/element.hpp"
 #include "tokmix/core/error.hpp"
 #include "tokmix/core/tensor_view.hpp"
+#include "tokmix/simd/convert.hpp"
 
 namespace tokmix {
 
@@ -62,12 +63,15 @@ struct aligned_free {
   void operator()(void* p) const noexcept { std::free(p); }
 };
 
-// Copies n elements, converting between storage types (fp32 <-> fp16/bf16).
+// Copies n elements, converting between storage types (fp32 <-> fp16/bf16
+// on SIMD; fp16 <-> bf16, which nobody should need, through fp32 per element).
 template <class Dst, class Src>
 inline void convert_row(const Src* src, Dst* dst, index_t n) {
   if (n <= 0) return;
-  if (std::is_same<Dst, Src>::value) {
+  if constexpr (std::is_same<Dst, Src>::value) {
     std::memcpy(static_cast<void*>(dst), static_cast<const void*>(src), static_cast<std::size_t>(n) * sizeof(Dst));
+  } else if constexpr (std::is_same<Dst, float>::value || std::is_same<Src, float>::value) {
+    simd::convert(src, dst, n);
   } else {
     for (index_t i = 0; i < n; ++i) dst[i] = from_float<Dst>(to_float(src[i]));
   }
