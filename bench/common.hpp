@@ -26,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include <time.h>
 #include <unistd.h>
 
 #include <benchmark/benchmark.h>
@@ -37,20 +38,34 @@ namespace detail {
 
 using clock = std::chrono::steady_clock;
 
-// Runs fn(t) on n fresh threads released together; returns the wall time from
-// the release to the last thread's end.
+inline double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+struct thread_times {
+  double wall = 0;          // release to the last thread's end
+  std::vector<double> cpu;  // CPU time each thread spent in fn
+};
+
+// Runs fn(t) on n fresh threads released together.
 template <class Fn>
-double run_on_threads(int n, Fn&& fn) {
+thread_times run_on_threads(int n, Fn&& fn) {
   std::atomic<int> ready{0};
   std::atomic<bool> go{false};
   std::vector<clock::time_point> ends(static_cast<std::size_t>(n));
+  thread_times out;
+  out.cpu.resize(static_cast<std::size_t>(n));
   std::vector<std::thread> pool;
   pool.reserve(static_cast<std::size_t>(n));
   for (int t = 0; t < n; ++t) {
     pool.emplace_back([&, t] {
       ready.fetch_add(1);
       while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
+      const double c0 = thread_cpu_seconds();
       fn(t);
+      out.cpu[static_cast<std::size_t>(t)] = thread_cpu_seconds() - c0;
       ends[static_cast<std::size_t>(t)] = clock::now();
     });
   }
@@ -59,7 +74,21 @@ double run_on_threads(int n, Fn&& fn) {
   go.store(true, std::memory_order_release);
   for (auto& th : pool) th.join();
   const auto end = *std::max_element(ends.begin(), ends.end());
-  return std::chrono::duration<double>(end - start).count();
+  out.wall = std::chrono::duration<double>(end - start).count();
+  return out;
+}
+
+// What the hardware does while the probe runs: per-thread work over that
+// thread's CPU time, summed, so other processes on a shared machine (which
+// take time slices, not speed) do not lower the peak. Capped by the wall-clock
+// rate times the thread count / hardware threads ratio when oversubscribed.
+inline double rate_from(const thread_times& tt, double work_per_thread) {
+  double sum = 0;
+  for (double c : tt.cpu) sum += work_per_thread / std::max(c, 1e-9);
+  const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int n = static_cast<int>(tt.cpu.size());
+  if (n > hw) sum *= static_cast<double>(hw) / n;
+  return sum;
 }
 
 // 12 independent FMA chains: Zen 3 has 2 FMA pipes with 4-cycle latency, so 8
@@ -144,7 +173,7 @@ inline std::size_t read_probe_bytes() {
 }
 
 // fp32 FMA peak in GFLOP/s on `threads` threads, measured once per process and
-// thread count (best of several trials, so background load only lowers it a bit).
+// thread count (best of several trials, rates over each thread's CPU time).
 inline double fma_peak_gflops(int threads) {
   static std::map<int, double> cache;
   static std::mutex m;
@@ -154,12 +183,12 @@ inline double fma_peak_gflops(int threads) {
     std::vector<float> sink(static_cast<std::size_t>(threads));
     double best = 0;
     for (int trial = 0; trial < 5; ++trial) {
-      const double s = detail::run_on_threads(threads, [&](int t) {
+      const auto tt = detail::run_on_threads(threads, [&](int t) {
         sink[static_cast<std::size_t>(t)] =
             detail::fma_chains(xsimd::default_arch{}, iterations, 1.0f + static_cast<float>(t + trial));
       });
       benchmark::DoNotOptimize(sink.data());
-      best = std::max(best, detail::flops_per_fma_iteration() * iterations * threads / s * 1e-9);
+      best = std::max(best, detail::rate_from(tt, detail::flops_per_fma_iteration() * iterations) * 1e-9);
     }
     return best;
   });
@@ -184,12 +213,13 @@ inline double read_bandwidth_gbps(int threads) {
     std::vector<float> sink(static_cast<std::size_t>(threads));
     double best = 0;
     for (int trial = 0; trial < 5; ++trial) {
-      const double s = detail::run_on_threads(threads, [&](int t) {
+      const auto tt = detail::run_on_threads(threads, [&](int t) {
         sink[static_cast<std::size_t>(t)] =
             detail::read_sum(xsimd::default_arch{}, buf.get() + slice_begin(t), slice_end(t) - slice_begin(t));
       });
       benchmark::DoNotOptimize(sink.data());
-      best = std::max(best, static_cast<double>(n * sizeof(float)) / s * 1e-9);
+      // Slices are equal but for the last's remainder: use the average size.
+      best = std::max(best, detail::rate_from(tt, static_cast<double>(n * sizeof(float)) / threads) * 1e-9);
     }
     return best;
   });
