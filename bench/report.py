@@ -133,6 +133,12 @@ def plot(rows, png_path):
         impls.remove("tokmix")
         impls.insert(0, "tokmix")
     value = {(r["case"], r["impl"]): r["frac"] for r in rows}
+    png_path = os.path.abspath(png_path)
+    os.makedirs(os.path.dirname(png_path), exist_ok=True)
+
+    def quoted(text):  # gnuplot single-quoted string
+        return "'" + text.replace("'", "''") + "'"
+
     with tempfile.TemporaryDirectory() as tmp:
         data_path = os.path.join(tmp, "data.tsv")
         with open(data_path, "w", encoding="utf-8") as f:
@@ -140,10 +146,10 @@ def plot(rows, png_path):
                 vals = [value.get((c, i)) for i in impls]
                 f.write(c.replace(" ", "_") + "\t" + "\t".join("NaN" if v is None else f"{v:.4f}" for v in vals) + "\n")
         width = max(900, 60 * len(cases) * max(1, len(impls)) // 2 + 200)
-        cols = " , ".join(f"'{data_path}' using {k + 2}:xtic(1) title '{impl}'" for k, impl in enumerate(impls))
+        cols = " , ".join(f"{quoted(data_path)} using {k + 2}:xtic(1) title {quoted(impl)}" for k, impl in enumerate(impls))
         script = f"""
 set terminal pngcairo size {width},650 noenhanced font ',9'
-set output '{png_path}'
+set output {quoted(png_path)}
 set title 'tokmix_bench: fraction of the machine peak (FMA or read bandwidth) per case'
 set style data histograms
 set style histogram clustered gap 1
@@ -159,11 +165,15 @@ set datafile separator '\\t'
 set datafile missing 'NaN'
 plot {cols}
 """
-        res = subprocess.run([gnuplot], input=script, text=True, capture_output=True)
-        if res.returncode != 0 and "pngcairo" in res.stderr:
-            res = subprocess.run([gnuplot], input=script.replace("pngcairo", "png"), text=True, capture_output=True)
-        if res.returncode != 0:
-            print("gnuplot failed:\n" + res.stderr, file=sys.stderr)
+        def run(text):
+            res = subprocess.run([gnuplot], input=text.encode(), capture_output=True)
+            return res.returncode, res.stderr.decode(errors="replace")
+
+        rc, err = run(script)
+        if rc != 0 and "pngcairo" in err:  # a gnuplot built without cairo
+            rc, err = run(script.replace("pngcairo", "png"))
+        if rc != 0 or not os.path.isfile(png_path):
+            print("gnuplot failed:\n" + err, file=sys.stderr)
             return False
     return True
 
