@@ -32,6 +32,10 @@
 #include "tokmix/core/scratch.hpp"
 #include "tokmix/core/tensor_view.hpp"
 #include "tokmix/core/threading.hpp"
+#include "tokmix/simd/arch.hpp"
+#include "tokmix/simd/convert.hpp"
+
+TOKMIX_SIMD_AVX512_WARNINGS_OFF
 
 namespace tokmix {
 namespace detail {
@@ -134,35 +138,11 @@ inline void panel_product(index_t M, index_t K, const float* a, index_t stride, 
 
 // ---- 16-bit storage --------------------------------------------------------
 
-// Branch-free widening loops the compiler vectorises (no per-element calls).
-inline void widen(const float* src, float* dst, index_t n) { std::memcpy(dst, src, sizeof(float) * n); }
-
-inline void widen(const Eigen::bfloat16* src, float* dst, index_t n) {
-  for (index_t i = 0; i < n; ++i) {
-    std::uint16_t h;
-    std::memcpy(&h, src + i, 2);
-    const std::uint32_t u = std::uint32_t(h) << 16;
-    std::memcpy(dst + i, &u, 4);
-  }
-}
-
-inline void widen(const Eigen::half* src, float* dst, index_t n) {
-  for (index_t i = 0; i < n; ++i) {
-    std::uint16_t h;
-    std::memcpy(&h, src + i, 2);
-    // Move exponent/mantissa into place and rebias by multiplying with 2^112;
-    // that also handles subnormals. Inf/NaN (exponent 31) get the max exponent.
-    const std::uint32_t sign = std::uint32_t(h & 0x8000u) << 16;
-    const std::uint32_t em = std::uint32_t(h & 0x7fffu) << 13;
-    float f;
-    std::memcpy(&f, &em, 4);
-    f *= 5.192296858534828e33f;  // 2^112
-    std::uint32_t u;
-    std::memcpy(&u, &f, 4);
-    const std::uint32_t special = (h & 0x7c00u) == 0x7c00u ? (0x7f800000u | em) : u;
-    u = special | sign;
-    std::memcpy(dst + i, &u, 4);
-  }
+// K/V tiles in fp16/bf16 are widened once per tile and query block (amortised
+// over block_q queries) by the vectorised simd::convert.
+template <class T>
+inline void widen(const T* src, float* dst, index_t n) {
+  simd::convert(src, dst, n);
 }
 
 // ---- problem description ---------------------------------------------------
@@ -434,3 +414,4 @@ void flash_run(const flash_problem<TQ, TK, TV>* problems, index_t n_problems, co
 }  // namespace flash
 }  // namespace detail
 }  // namespace tokmix
+TOKMIX_SIMD_AVX512_WARNINGS_ON
