@@ -24,8 +24,11 @@
 #include "tokmix/core/error.hpp"
 #include "tokmix/core/tensor_view.hpp"
 #include "tokmix/core/threading.hpp"
-#include "tokmix/ssm/detail/simd_standin.hpp"
+#include "tokmix/simd/activation.hpp"
+#include "tokmix/simd/arch.hpp"
+#include "tokmix/simd/exp.hpp"
 
+TOKMIX_SIMD_AVX512_WARNINGS_OFF
 namespace tokmix {
 
 constexpr index_t conv1d_min_width = 2;
@@ -68,7 +71,6 @@ class conv1d_state {
 
 namespace detail {
 
-namespace sd = ssm_detail_standin;
 
 // One channel range of one sequence.
 struct conv1d_block {
@@ -98,13 +100,13 @@ inline xsimd::batch<float, Arch> conv1d_gather(const float* p, index_t step, ind
 // the window of the last W-1 inputs held in registers.
 template <int W, int V, bool Partial, class Arch>
 inline void conv1d_lanes(Arch, const conv1d_block& b, index_t c, index_t nvalid) {
-  using batch = sd::fbatch<Arch>;
-  constexpr index_t S = sd::lanes<Arch>;
+  using batch = simd::fbatch<Arch>;
+  constexpr index_t S = simd::lanes<Arch>;
   constexpr int H = W - 1;
   static_assert(!Partial || V == 1, "a partial batch is processed alone");
-  auto load = [&](const float* p) { return Partial ? sd::load_partial<Arch>(p, nvalid, 0.f) : batch::load_unaligned(p); };
+  auto load = [&](const float* p) { return Partial ? simd::detail::load_partial<Arch>(p, nvalid, 0.f) : batch::load_unaligned(p); };
   auto store = [&](float* p, const batch& v) {
-    if (Partial) sd::store_partial<Arch>(p, v, nvalid);
+    if (Partial) simd::detail::store_partial<Arch>(p, v, nvalid);
     else v.store_unaligned(p);
   };
 
@@ -122,7 +124,7 @@ inline void conv1d_lanes(Arch, const conv1d_block& b, index_t c, index_t nvalid)
       const batch cur = load(xt + v * S);
       batch acc = xsimd::fma(w[v][H], cur, bias[v]);
       for (int k = 0; k < H; ++k) acc = xsimd::fma(w[v][k], win[v][k], acc);
-      if (b.silu) acc = sd::silu<Arch>(acc);
+      if (b.silu) acc = simd::silu_batch<Arch>(acc);
       store(ot + v * S, acc);
       for (int k = 0; k + 1 < H; ++k) win[v][k] = win[v][k + 1];
       win[v][H - 1] = cur;
@@ -135,7 +137,7 @@ inline void conv1d_lanes(Arch, const conv1d_block& b, index_t c, index_t nvalid)
 
 template <int W, class Arch>
 inline void conv1d_range(Arch arch, const conv1d_block& b, index_t c0, index_t c1) {
-  constexpr index_t S = sd::lanes<Arch>;
+  constexpr index_t S = simd::lanes<Arch>;
   index_t c = c0;
   for (; c + 2 * S <= c1; c += 2 * S) conv1d_lanes<W, 2, false>(arch, b, c, 2 * S);
   for (; c + S <= c1; c += S) conv1d_lanes<W, 1, false>(arch, b, c, S);
@@ -225,7 +227,7 @@ inline void conv1d(tensor_view<const float, 3> x,       // [batch, seq, channels
                    tensor_view<float, 3> out,           // [batch, seq, channels]
                    const conv1d_options& opts = {}) {
   detail::conv1d_validate(x, weight, bias, nullptr, out);
-  detail::conv1d_kernel(xsimd::default_arch{}, x, weight, bias, nullptr, out, opts);
+  detail::conv1d_kernel(simd::default_arch{}, x, weight, bias, nullptr, out, opts);
 }
 
 // Continues from `state` and leaves in it the last width-1 inputs, so
@@ -238,7 +240,7 @@ inline void conv1d_prefill(tensor_view<const float, 3> x,       // [batch, seq, 
                            tensor_view<float, 3> out,           // [batch, seq, channels]
                            const conv1d_options& opts = {}) {
   detail::conv1d_validate(x, weight, bias, &state, out);
-  detail::conv1d_kernel(xsimd::default_arch{}, x, weight, bias, &state, out, opts);
+  detail::conv1d_kernel(simd::default_arch{}, x, weight, bias, &state, out, opts);
 }
 
 // One token per sequence (causal_conv1d_update with seqlen 1).
@@ -254,7 +256,8 @@ inline void conv1d_step(tensor_view<const float, 2> x,       // [batch, channels
   const auto x3 = detail::conv1d_as_one_token(x);
   const auto o3 = detail::conv1d_as_one_token(out);
   detail::conv1d_validate(x3, weight, bias, &state, o3);
-  detail::conv1d_kernel(xsimd::default_arch{}, x3, weight, bias, &state, o3, opts);
+  detail::conv1d_kernel(simd::default_arch{}, x3, weight, bias, &state, o3, opts);
 }
 
 }  // namespace tokmix
+TOKMIX_SIMD_AVX512_WARNINGS_ON
