@@ -29,7 +29,8 @@ TOKMIX_SIMD_AVX512_WARNINGS_OFF
 namespace tokmix {
 namespace simd {
 
-// The best instruction set enabled at compile time (fma3<avx2> with -march=native on Zen 3).
+// The best instruction set enabled at compile time: fma3<avx2> with -march=native
+// on Zen 3, avx512bw on AVX-512 hosts, sse2 without -march flags.
 using default_arch = xsimd::default_arch;
 
 template <class Arch>
@@ -38,7 +39,7 @@ template <class Arch>
 using ibatch = xsimd::batch<std::int32_t, Arch>;
 
 template <class Arch>
-constexpr index_t lanes = static_cast<index_t>(fbatch<Arch>::size);
+inline constexpr index_t lanes = static_cast<index_t>(fbatch<Arch>::size);
 
 namespace detail {
 
