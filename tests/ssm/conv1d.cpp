@@ -63,6 +63,7 @@ TEST_CASE("conv1d: prefill matches the float64 reference over odd sizes", "[ssm]
       }
   run_conv_case({1, 7, 129, 4, true, true, 0}, 7);
   run_conv_case({3, 200, 1536 / 8, 4, true, false, 5}, 8);
+  run_conv_case({2, 9, 530, 5, true, true, 3}, 9);  // several 256-channel items, ragged last one
 }
 
 TEST_CASE("conv1d: two prefills == one prefill == steps, bit for bit", "[ssm][conv1d]") {
@@ -119,7 +120,7 @@ TEST_CASE("conv1d: two prefills == one prefill == steps, bit for bit", "[ssm][co
 }
 
 TEST_CASE("conv1d: threads give the serial result", "[ssm][conv1d]") {
-  const std::size_t batch = 2, L = 33, channels = 200, width = 4;
+  const std::size_t batch = 2, L = 33, channels = 600, width = 4;
   const auto xv = random_floats(batch * L * channels, 21);
   const auto wv = random_floats(channels * width, 22);
   tensor_view<const float, 3> x(xv.data(), {index_t(batch), index_t(L), index_t(channels)});

@@ -2,8 +2,7 @@
 // Causal depthwise conv1d: the short convolution in front of every Mamba block
 // (and of many linear-attention layers), with the rolling state decode needs.
 // Channel-last like the rest of tokmix, so the kernel runs along the contiguous
-// channel axis with SIMD and keeps the sliding window of each channel in
-// registers while it walks the sequence: every input is read once.
+// channel axis with SIMD, token by token, and x streams through in address order.
 //
 // ref: Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State
 //      Spaces" (2023), sec. 3.4; semantics of Dao-AILab causal_conv1d
@@ -17,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 #include <unsupported/Eigen/CXX11/Tensor>
 #include <xsimd/xsimd.hpp>
@@ -72,9 +72,15 @@ class conv1d_state {
 namespace detail {
 
 
-// One channel range of one sequence.
+// Channels per work item, a multiple of every lane count. Token rows are
+// `channels` floats apart, so each row visit lands on a new page where the
+// hardware prefetchers restart; a wide item reads 1 KiB contiguous per row.
+constexpr index_t conv1d_chunk = 256;
+
+// One channel range (at most conv1d_chunk channels) of one sequence; pointers
+// are at the range's first channel.
 struct conv1d_block {
-  const float* x;  // at t = 0, first channel
+  const float* x;  // at t = 0
   index_t x_step;  // between tokens
   float* out;
   index_t out_step;
@@ -84,76 +90,71 @@ struct conv1d_block {
   const float* bias;  // or null
   float* hist;        // [width-1, hist_step] or null: zero history, not written back
   index_t hist_step;
+  index_t nch;
   bool silu;
 };
 
-// Taps and bias of S channels gathered into batches once per call, so no
-// transposed copy (and no scratch) is needed; lanes past nvalid get zeros.
-template <class Arch>
-inline xsimd::batch<float, Arch> conv1d_gather(const float* p, index_t step, index_t nvalid) {
-  alignas(Arch::alignment()) float buf[xsimd::batch<float, Arch>::size] = {};
-  for (index_t i = 0; i < nvalid; ++i) buf[i] = p[i * step];
-  return xsimd::batch<float, Arch>::load_aligned(buf);
-}
-
-// V batches of channels side by side (a whole cache line on AVX2 when V = 2),
-// the window of the last W-1 inputs held in registers.
-template <int W, int V, bool Partial, class Arch>
-inline void conv1d_lanes(Arch, const conv1d_block& b, index_t c, index_t nvalid) {
+// Token-major: for each token, the W input rows it needs (from the history
+// for the first W-1 tokens) are read straight from memory, where the rows
+// just read are still in L1, so x streams through once in address order.
+template <int W, class Arch>
+inline void conv1d_item(Arch, const conv1d_block& b) {
   using batch = simd::fbatch<Arch>;
   constexpr index_t S = simd::lanes<Arch>;
   constexpr int H = W - 1;
-  static_assert(!Partial || V == 1, "a partial batch is processed alone");
-  auto load = [&](const float* p) { return Partial ? simd::detail::load_partial<Arch>(p, nvalid, 0.f) : batch::load_unaligned(p); };
-  auto store = [&](float* p, const batch& v) {
-    if (Partial) simd::detail::store_partial<Arch>(p, v, nvalid);
-    else v.store_unaligned(p);
+  const index_t nch = b.nch, full = nch / S * S, padded = (nch + S - 1) / S * S;
+  // Taps transposed to [W][channel] and bias, zero-padded to whole batches.
+  alignas(64) float wt[W][conv1d_chunk];
+  alignas(64) float bs[conv1d_chunk];
+  alignas(64) float zero[conv1d_chunk];
+  for (index_t i = 0; i < padded; ++i) {
+    const bool valid = i < nch;
+    for (int k = 0; k < W; ++k) wt[k][i] = valid ? b.w[i * b.w_step + k] : 0.f;
+    bs[i] = valid && b.bias ? b.bias[i] : 0.f;
+    zero[i] = 0.f;
+  }
+  const float* src[W];
+  auto output = [&](float* o, index_t j, auto partial) {
+    constexpr bool Partial = decltype(partial)::value;
+    const index_t nv = nch - j;
+    auto load = [&](const float* p) {
+      return Partial ? simd::detail::load_partial<Arch>(p, nv, 0.f) : batch::load_unaligned(p);
+    };
+    batch acc = batch::load_aligned(bs + j);
+    for (int k = 0; k < W; ++k) acc = xsimd::fma(batch::load_aligned(wt[k] + j), load(src[k] + j), acc);
+    if (b.silu) acc = simd::silu_batch<Arch>(acc);
+    if (Partial) simd::detail::store_partial<Arch>(o + j, acc, nv);
+    else acc.store_unaligned(o + j);
   };
-
-  batch w[V][W], win[V][H], bias[V];
-  for (int v = 0; v < V; ++v) {
-    const index_t cv = c + v * S, nv = Partial ? nvalid : S;
-    for (int k = 0; k < W; ++k) w[v][k] = conv1d_gather<Arch>(b.w + cv * b.w_step + k, b.w_step, nv);
-    bias[v] = b.bias ? conv1d_gather<Arch>(b.bias + cv, 1, nv) : batch(0.f);
-    for (int k = 0; k < H; ++k) win[v][k] = b.hist ? load(b.hist + k * b.hist_step + cv) : batch(0.f);
-  }
   for (index_t t = 0; t < b.seq; ++t) {
-    const float* xt = b.x + t * b.x_step + c;
-    float* ot = b.out + t * b.out_step + c;
-    for (int v = 0; v < V; ++v) {
-      const batch cur = load(xt + v * S);
-      batch acc = xsimd::fma(w[v][H], cur, bias[v]);
-      for (int k = 0; k < H; ++k) acc = xsimd::fma(w[v][k], win[v][k], acc);
-      if (b.silu) acc = simd::silu_batch<Arch>(acc);
-      store(ot + v * S, acc);
-      for (int k = 0; k + 1 < H; ++k) win[v][k] = win[v][k + 1];
-      win[v][H - 1] = cur;
+    for (int k = 0; k < W; ++k) {
+      const index_t ts = t - H + k;
+      src[k] = ts >= 0 ? b.x + ts * b.x_step : (b.hist ? b.hist + (ts + H) * b.hist_step : zero);
     }
+    float* o = b.out + t * b.out_step;
+    for (index_t j = 0; j < full; j += S) output(o, j, std::false_type{});
+    if (full < nch) output(o, full, std::true_type{});
   }
+  // The new history is the last W-1 inputs of (old history, x). Ascending rows
+  // read an old row before it is overwritten.
   if (b.hist)
-    for (int v = 0; v < V; ++v)
-      for (int k = 0; k < H; ++k) store(b.hist + k * b.hist_step + c + v * S, win[v][k]);
-}
-
-template <int W, class Arch>
-inline void conv1d_range(Arch arch, const conv1d_block& b, index_t c0, index_t c1) {
-  constexpr index_t S = simd::lanes<Arch>;
-  index_t c = c0;
-  for (; c + 2 * S <= c1; c += 2 * S) conv1d_lanes<W, 2, false>(arch, b, c, 2 * S);
-  for (; c + S <= c1; c += S) conv1d_lanes<W, 1, false>(arch, b, c, S);
-  if (c < c1) conv1d_lanes<W, 1, true>(arch, b, c, c1 - c);
+    for (int k = 0; k < H; ++k) {
+      const index_t ts = b.seq - H + k;
+      const float* from = ts >= 0 ? b.x + ts * b.x_step : b.hist + (ts + H) * b.hist_step;
+      std::copy(from, from + nch, b.hist + k * b.hist_step);
+    }
 }
 
 template <class Arch>
-inline void conv1d_dispatch(Arch arch, index_t width, const conv1d_block& b, index_t c0, index_t c1) {
+inline void conv1d_dispatch(Arch arch, index_t width, const conv1d_block& b) {
   switch (width) {
-    case 2: return conv1d_range<2>(arch, b, c0, c1);
-    case 3: return conv1d_range<3>(arch, b, c0, c1);
-    case 4: return conv1d_range<4>(arch, b, c0, c1);
-    case 5: return conv1d_range<5>(arch, b, c0, c1);
-    case 6: return conv1d_range<6>(arch, b, c0, c1);
-    case 7: return conv1d_range<7>(arch, b, c0, c1);
-    case 8: return conv1d_range<8>(arch, b, c0, c1);
+    case 2: return conv1d_item<2>(arch, b);
+    case 3: return conv1d_item<3>(arch, b);
+    case 4: return conv1d_item<4>(arch, b);
+    case 5: return conv1d_item<5>(arch, b);
+    case 6: return conv1d_item<6>(arch, b);
+    case 7: return conv1d_item<7>(arch, b);
+    case 8: return conv1d_item<8>(arch, b);
     default: return;  // validated before
   }
 }
@@ -189,25 +190,23 @@ inline void conv1d_kernel(Arch arch, const tensor_view<const float, 3>& x, const
   const index_t batch = x.dim(0), seq = x.dim(1), channels = x.dim(2), width = weight.dim(1);
   if (batch == 0 || channels == 0 || seq == 0) return;
 
-  // 64 channels per item: whole cache lines, and enough items to share across
-  // workers even at batch 1.
-  constexpr index_t chunk = 64;
-  const index_t chunks = (channels + chunk - 1) / chunk;
+  const index_t chunks = (channels + conv1d_chunk - 1) / conv1d_chunk;
   parallel_for(opts.policy, batch * chunks, [&](index_t item, int) {
-    const index_t bi = item / chunks, c0 = (item % chunks) * chunk, c1 = std::min(channels, c0 + chunk);
+    const index_t bi = item / chunks, c0 = (item % chunks) * conv1d_chunk;
     conv1d_block blk;
-    blk.x = x.ptr(bi, 0, 0);
+    blk.x = x.ptr(bi, 0, c0);
     blk.x_step = x.stride(1);
-    blk.out = out.ptr(bi, 0, 0);
+    blk.out = out.ptr(bi, 0, c0);
     blk.out_step = out.stride(1);
     blk.seq = seq;
-    blk.w = weight.data();
+    blk.w = weight.ptr(c0, 0);
     blk.w_step = weight.stride(0);
-    blk.bias = bias.data();
-    blk.hist = state ? state->history().ptr(bi, 0, 0) : nullptr;
+    blk.bias = bias.data() ? bias.ptr(c0) : nullptr;
+    blk.hist = state ? state->history().ptr(bi, 0, c0) : nullptr;
     blk.hist_step = channels;
+    blk.nch = std::min(conv1d_chunk, channels - c0);
     blk.silu = opts.silu;
-    conv1d_dispatch(arch, width, blk, c0, c1);
+    conv1d_dispatch(arch, width, blk);
   });
 }
 
