@@ -133,6 +133,8 @@ TEST_CASE("selective_scan: prefill matches the float64 recurrence over odd sizes
   // The large cases, one each: long sequence, wide state.
   check_against_reference(make_problem(1, 1000, 40, 16, 1, {true, true, true, true}, 31), 0, 1);
   check_against_reference(make_problem(1, 20, 67, 128, 1, {true, true, true, true}, 32), 1, 2);
+  // Several channel items per group, the last one ragged.
+  check_against_reference(make_problem(1, 6, 600, 16, 2, {true, true, true, true}, 33), 0, 3);
 }
 
 TEST_CASE("selective_scan: prefill == steps and two prefills == one, bit for bit", "[ssm][selective_scan]") {

@@ -211,41 +211,59 @@ inline void selective_scan_epilogue(Arch, const selective_scan_args& a, const se
   else y.store_unaligned(yp);
 }
 
-// The recurrence proper for one token and one batch of channels: one exp
-// batch and two FMAs per state index.
-template <class Arch>
-inline void selective_scan_update(Arch, const selective_scan_block& k, index_t n_state, index_t row, index_t j,
-                                  const float* bt, const float* ct) {
+// The recurrence proper for one batch of channels and NB state indices over a
+// block of tokens: A and h of those states live in registers for the whole
+// block, so each state element costs one exp batch and two FMAs, with only the
+// broadcasts of B and C read from memory. y accumulates over n in ascending
+// order whatever the blocking, so results do not depend on NB.
+template <int NB, class Arch>
+inline void selective_scan_update(Arch, const selective_scan_block& k, index_t rows, index_t j, index_t n0,
+                                  const float* const* bt, const float* const* ct) {
   using batch = simd::fbatch<Arch>;
   const index_t w = k.width;
-  const batch dt = batch::load_aligned(k.dtb + row * w + j);
-  const batch dtu = batch::load_aligned(k.dtub + row * w + j);
-  const float* at = k.at + j;
-  float* ht = k.ht + j;
-  batch y(0.f);
-  for (index_t n = 0; n < n_state; ++n) {
-    const batch decay = simd::exp_batch<Arch>(dt * batch::load_aligned(at + n * w));
-    const batch h = xsimd::fma(decay, batch::load_aligned(ht + n * w), dtu * batch(bt[n]));
-    h.store_aligned(ht + n * w);
-    y = xsimd::fma(h, batch(ct[n]), y);
+  batch a[NB], h[NB];
+  for (int i = 0; i < NB; ++i) {
+    a[i] = batch::load_aligned(k.at + (n0 + i) * w + j);
+    h[i] = batch::load_aligned(k.ht + (n0 + i) * w + j);
   }
-  y.store_aligned(k.yb + row * w + j);
+  for (index_t r = 0; r < rows; ++r) {
+    const batch dt = batch::load_aligned(k.dtb + r * w + j);
+    const batch dtu = batch::load_aligned(k.dtub + r * w + j);
+    float* yp = k.yb + r * w + j;
+    batch y = n0 == 0 ? batch(0.f) : batch::load_aligned(yp);
+    const float* b = bt[r] + n0;
+    const float* c = ct[r] + n0;
+    for (int i = 0; i < NB; ++i) {
+      const batch decay = simd::exp_batch<Arch>(dt * a[i]);
+      h[i] = xsimd::fma(decay, h[i], dtu * batch(b[i]));
+      y = xsimd::fma(h[i], batch(c[i]), y);
+    }
+    y.store_aligned(yp);
+  }
+  for (int i = 0; i < NB; ++i) h[i].store_aligned(k.ht + (n0 + i) * w + j);
 }
 
 template <class Arch>
 inline void selective_scan_block_run(Arch arch, const selective_scan_args& a, const selective_scan_block& k) {
   constexpr index_t S = simd::lanes<Arch>;
+  // Registers for A and h: 16 of AVX-512's 32, 8 of AVX2's 16, leaving the rest
+  // to the exp's temporaries.
+  constexpr int nb = S >= 16 ? 8 : 4;
   const index_t full = k.nch / S * S, n_state = a.A.dim(1);
+  const float* bt[selective_scan_time_block];
+  const float* ct[selective_scan_time_block];
   for (index_t tb = k.t0; tb < k.t1; tb += selective_scan_time_block) {
-    const index_t te = std::min(k.t1, tb + selective_scan_time_block);
+    const index_t te = std::min(k.t1, tb + selective_scan_time_block), rows = te - tb;
     for (index_t t = tb; t < te; ++t) {
       for (index_t j = 0; j < full; j += S) selective_scan_prologue<false>(arch, a, k, t, t - tb, j, S);
       if (full < k.nch) selective_scan_prologue<true>(arch, a, k, t, t - tb, full, k.nch - full);
+      bt[t - tb] = a.B.ptr(k.bi, t, k.g, 0);
+      ct[t - tb] = a.C.ptr(k.bi, t, k.g, 0);
     }
-    for (index_t t = tb; t < te; ++t) {
-      const float* bt = a.B.ptr(k.bi, t, k.g, 0);
-      const float* ct = a.C.ptr(k.bi, t, k.g, 0);
-      for (index_t j = 0; j < k.width; j += S) selective_scan_update(arch, k, n_state, t - tb, j, bt, ct);
+    for (index_t j = 0; j < k.width; j += S) {
+      index_t n = 0;
+      for (; n + nb <= n_state; n += nb) selective_scan_update<nb>(arch, k, rows, j, n, bt, ct);
+      for (; n < n_state; ++n) selective_scan_update<1>(arch, k, rows, j, n, bt, ct);
     }
     for (index_t t = tb; t < te; ++t) {
       for (index_t j = 0; j < full; j += S) selective_scan_epilogue<false>(arch, a, k, t, t - tb, j, S);
