@@ -194,6 +194,12 @@ std::size_t decode_item_bytes(const decode_plan& pl) {
   return bytes + 2 * scratch_arena::alignment;
 }
 
+// Prefetches [p, p + bytes) into the caches, one request per 64-byte line.
+inline void decode_prefetch(const void* p, std::size_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (std::size_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 3);
+}
+
 template <class Src>
 inline void decode_widen(const Src* src, float* dst, index_t n) {
   simd::convert(src, dst, n);
@@ -299,9 +305,18 @@ void decode_item(Arch, const decode_plan& pl, const tensor_view<const QE, 4>& q,
     decode_pv(Arch{}, s, tile, R, vp, Dv, c, Dv, o_acc, Dv);
   };
 
+  // Ask for the next tile's K and V rows while this one computes: the score and
+  // PV loops touch rows in an order the hardware prefetchers follow poorly.
+  auto prefetch_tile = [&](index_t p0, index_t c) {
+    const index_t slot = cache.slot_of(p0);
+    decode_prefetch(kh + slot * D, static_cast<std::size_t>(c * D) * sizeof(T));
+    decode_prefetch(vh + slot * Dv, static_cast<std::size_t>(c * Dv) * sizeof(T));
+  };
   auto run_range = [&](index_t a, index_t e) {
+    if (a < e) prefetch_tile(a, std::min({tile, e - a, cache.contiguous_run(a)}));
     for (index_t p = a; p < e;) {
       const index_t c = std::min({tile, e - p, cache.contiguous_run(p)});
+      if (p + c < e) prefetch_tile(p + c, std::min({tile, e - p - c, cache.contiguous_run(p + c)}));
       run_tile(p, c);
       p += c;
     }

@@ -5,6 +5,8 @@
 // keep a block of query rows in flight while each K/V row passes through the
 // registers once, instead of re-reading K/V per query head.
 
+#include <cstddef>
+
 #include <xsimd/xsimd.hpp>
 
 #include "tokmix/core/tensor_view.hpp"
@@ -12,51 +14,78 @@
 namespace tokmix {
 namespace detail {
 
-// s[r * lds + j] = sum_d q[r * ldq + d] * k[j * ldk + d], MR rows x 2 keys per
-// step so every loaded K vector feeds MR FMAs and 2*MR accumulators stay in
-// registers; haddp folds the accumulators' lanes in one shot.
+// Which lane of xsimd::haddp's result holds the sum of row i. Not the
+// identity everywhere: xsimd 8.1's AVX-512 haddp returns the sums in a
+// permuted lane order, so the order is probed once instead of assumed.
+template <class Arch>
+inline const int* haddp_lane_of() {
+  using b = xsimd::batch<float, Arch>;
+  struct table {
+    int lane[b::size];
+    table() {
+      b rows[b::size];
+      for (std::size_t i = 0; i < b::size; ++i) rows[i] = b(static_cast<float>(i));
+      alignas(64) float out[b::size];
+      xsimd::haddp(rows).store_unaligned(out);
+      for (std::size_t l = 0; l < b::size; ++l) lane[static_cast<std::size_t>(out[l]) / b::size] = static_cast<int>(l);
+    }
+  };
+  static const table t;
+  return t.lane;
+}
+
+// s[r * lds + j] = sum_d q[r * ldq + d] * k[j * ldk + d] for MR rows x NK
+// keys: every loaded K vector feeds MR FMAs, and the MR*NK <= lanes
+// accumulators are folded by one haddp (a transpose-and-add tree) instead of
+// one horizontal sum each, which would cost as much as the FMAs.
 template <class Arch, int MR, int NK>
 inline void decode_scores_block(const float* q, index_t ldq, const float* k, index_t ldk, index_t d, float* s,
                                 index_t lds) {
   using b = xsimd::batch<float, Arch>;
   constexpr index_t w = static_cast<index_t>(b::size);
-  b acc[MR][NK];
-  for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < NK; ++j) acc[r][j] = b(0.f);
+  static_assert(MR * NK <= static_cast<int>(b::size), "one haddp folds at most lanes accumulators");
+  b acc[b::size];
+  for (std::size_t a = 0; a < b::size; ++a) acc[a] = b(0.f);
   index_t e = 0;
   for (; e + w <= d; e += w) {
     b kv[NK];
     for (int j = 0; j < NK; ++j) kv[j] = b::load_unaligned(k + j * ldk + e);
     for (int r = 0; r < MR; ++r) {
       const b qv = b::load_unaligned(q + r * ldq + e);
-      for (int j = 0; j < NK; ++j) acc[r][j] = xsimd::fma(qv, kv[j], acc[r][j]);
+      for (int j = 0; j < NK; ++j) acc[r * NK + j] = xsimd::fma(qv, kv[j], acc[r * NK + j]);
     }
   }
+  alignas(64) float sums[b::size];
+  xsimd::haddp(acc).store_unaligned(sums);
+  const int* lane = haddp_lane_of<Arch>();
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < NK; ++j) {
-      float t = xsimd::hadd(acc[r][j]);
+      float t = sums[lane[r * NK + j]];
       for (index_t f = e; f < d; ++f) t += q[r * ldq + f] * k[j * ldk + f];
       s[r * lds + j] = t;
     }
 }
 
-// All rows x n keys; rows in blocks of 4 (tail 1..3), keys in pairs (tail 1).
+// All rows x n keys; rows in blocks of up to 4, as many keys per block as
+// leave the accumulators within one haddp, single keys for the tail.
+template <class Arch, int MR>
+inline void decode_scores_rows(const float* q, index_t ldq, const float* k, index_t ldk, index_t n, index_t d,
+                               float* s, index_t lds) {
+  constexpr int NK = static_cast<int>(xsimd::batch<float, Arch>::size) / MR;
+  index_t j = 0;
+  for (; j + NK <= n; j += NK) decode_scores_block<Arch, MR, NK>(q, ldq, k + j * ldk, ldk, d, s + j, lds);
+  for (; j < n; ++j) decode_scores_block<Arch, MR, 1>(q, ldq, k + j * ldk, ldk, d, s + j, lds);
+}
+
 template <class Arch>
 inline void decode_scores(Arch, const float* q, index_t ldq, index_t rows, const float* k, index_t ldk, index_t n,
                           index_t d, float* s, index_t lds) {
   index_t r = 0;
-  auto run_rows = [&](auto mr_tag) {
-    constexpr int MR = decltype(mr_tag)::value;
-    index_t j = 0;
-    for (; j + 2 <= n; j += 2)
-      decode_scores_block<Arch, MR, 2>(q + r * ldq, ldq, k + j * ldk, ldk, d, s + r * lds + j, lds);
-    if (j < n) decode_scores_block<Arch, MR, 1>(q + r * ldq, ldq, k + j * ldk, ldk, d, s + r * lds + j, lds);
-  };
-  for (; r + 4 <= rows; r += 4) run_rows(std::integral_constant<int, 4>{});
+  for (; r + 4 <= rows; r += 4) decode_scores_rows<Arch, 4>(q + r * ldq, ldq, k, ldk, n, d, s + r * lds, lds);
   switch (rows - r) {
-    case 3: run_rows(std::integral_constant<int, 3>{}); break;
-    case 2: run_rows(std::integral_constant<int, 2>{}); break;
-    case 1: run_rows(std::integral_constant<int, 1>{}); break;
+    case 3: decode_scores_rows<Arch, 3>(q + r * ldq, ldq, k, ldk, n, d, s + r * lds, lds); break;
+    case 2: decode_scores_rows<Arch, 2>(q + r * ldq, ldq, k, ldk, n, d, s + r * lds, lds); break;
+    case 1: decode_scores_rows<Arch, 1>(q + r * ldq, ldq, k, ldk, n, d, s + r * lds, lds); break;
     default: break;
   }
 }
@@ -87,7 +116,10 @@ template <class Arch, int MR>
 inline void decode_pv_rows(const float* p, index_t ldp, const float* v, index_t ldv, index_t n, index_t dv, float* o,
                            index_t ldo) {
   constexpr index_t w = static_cast<index_t>(xsimd::batch<float, Arch>::size);
+  // 4 x 4 accumulators fit AVX-512's 32 registers; 4 x 2 fit AVX2's 16.
+  constexpr int NB = w >= 16 ? 4 : 2;
   index_t c = 0;
+  for (; c + NB * w <= dv; c += NB * w) decode_pv_block<Arch, MR, NB>(p, ldp, v + c, ldv, n, o + c, ldo);
   for (; c + 2 * w <= dv; c += 2 * w) decode_pv_block<Arch, MR, 2>(p, ldp, v + c, ldv, n, o + c, ldo);
   for (; c + w <= dv; c += w) decode_pv_block<Arch, MR, 1>(p, ldp, v + c, ldv, n, o + c, ldo);
   for (; c < dv; ++c)
