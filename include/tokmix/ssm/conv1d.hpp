@@ -22,6 +22,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include "tokmix/core/error.hpp"
+#include "tokmix/core/scratch.hpp"
 #include "tokmix/core/tensor_view.hpp"
 #include "tokmix/core/threading.hpp"
 #include "tokmix/simd/activation.hpp"
@@ -72,47 +73,36 @@ class conv1d_state {
 namespace detail {
 
 
-// Channels per work item, a multiple of every lane count. Token rows are
-// `channels` floats apart, so each row visit lands on a new page where the
-// hardware prefetchers restart; a wide item reads 1 KiB contiguous per row.
-constexpr index_t conv1d_chunk = 256;
+// Tokens per work item. Items split the sequence, not the channels: a token
+// row is contiguous, so an item streams one contiguous stretch of x and out,
+// which is what the hardware prefetchers follow (items of a channel range
+// instead jump a row stride per token and restart the prefetchers on every
+// page, measured 2-5x slower once x leaves the cache).
+constexpr index_t conv1d_rows_per_item = 64;
 
-// One channel range (at most conv1d_chunk channels) of one sequence; pointers
-// are at the range's first channel.
+// One batch entry; pointers at its t = 0, channel 0.
 struct conv1d_block {
-  const float* x;  // at t = 0
+  const float* x;
   index_t x_step;  // between tokens
   float* out;
   index_t out_step;
-  index_t seq;
-  const float* w;  // weight[c, k] at w[c*w_step + k]
-  index_t w_step;
-  const float* bias;  // or null
-  float* hist;        // [width-1, hist_step] or null: zero history, not written back
+  const float* wt;    // [width, padded]: taps transposed, zero-padded
+  const float* bias;  // [padded], zeros when the layer has none
+  const float* hist;  // [width-1, channels]; rows of zeros for a fresh start
   index_t hist_step;
-  index_t nch;
+  index_t channels, padded;
   bool silu;
 };
 
 // Token-major: for each token, the W input rows it needs (from the history
-// for the first W-1 tokens) are read straight from memory, where the rows
-// just read are still in L1, so x streams through once in address order.
+// for the first W-1 tokens) are read where they are; the previous rows are
+// still in L1, so x is read from memory once, in address order.
 template <int W, class Arch>
-inline void conv1d_item(Arch, const conv1d_block& b) {
+inline void conv1d_rows(Arch, const conv1d_block& b, index_t t0, index_t t1) {
   using batch = simd::fbatch<Arch>;
   constexpr index_t S = simd::lanes<Arch>;
   constexpr int H = W - 1;
-  const index_t nch = b.nch, full = nch / S * S, padded = (nch + S - 1) / S * S;
-  // Taps transposed to [W][channel] and bias, zero-padded to whole batches.
-  alignas(64) float wt[W][conv1d_chunk];
-  alignas(64) float bs[conv1d_chunk];
-  alignas(64) float zero[conv1d_chunk];
-  for (index_t i = 0; i < padded; ++i) {
-    const bool valid = i < nch;
-    for (int k = 0; k < W; ++k) wt[k][i] = valid ? b.w[i * b.w_step + k] : 0.f;
-    bs[i] = valid && b.bias ? b.bias[i] : 0.f;
-    zero[i] = 0.f;
-  }
+  const index_t nch = b.channels, full = nch / S * S;
   const float* src[W];
   auto output = [&](float* o, index_t j, auto partial) {
     constexpr bool Partial = decltype(partial)::value;
@@ -120,41 +110,33 @@ inline void conv1d_item(Arch, const conv1d_block& b) {
     auto load = [&](const float* p) {
       return Partial ? simd::detail::load_partial<Arch>(p, nv, 0.f) : batch::load_unaligned(p);
     };
-    batch acc = batch::load_aligned(bs + j);
-    for (int k = 0; k < W; ++k) acc = xsimd::fma(batch::load_aligned(wt[k] + j), load(src[k] + j), acc);
+    batch acc = batch::load_aligned(b.bias + j);
+    for (int k = 0; k < W; ++k) acc = xsimd::fma(batch::load_aligned(b.wt + k * b.padded + j), load(src[k] + j), acc);
     if (b.silu) acc = simd::silu_batch<Arch>(acc);
     if (Partial) simd::detail::store_partial<Arch>(o + j, acc, nv);
     else acc.store_unaligned(o + j);
   };
-  for (index_t t = 0; t < b.seq; ++t) {
+  for (index_t t = t0; t < t1; ++t) {
     for (int k = 0; k < W; ++k) {
       const index_t ts = t - H + k;
-      src[k] = ts >= 0 ? b.x + ts * b.x_step : (b.hist ? b.hist + (ts + H) * b.hist_step : zero);
+      src[k] = ts >= 0 ? b.x + ts * b.x_step : b.hist + (ts + H) * b.hist_step;
     }
     float* o = b.out + t * b.out_step;
     for (index_t j = 0; j < full; j += S) output(o, j, std::false_type{});
     if (full < nch) output(o, full, std::true_type{});
   }
-  // The new history is the last W-1 inputs of (old history, x). Ascending rows
-  // read an old row before it is overwritten.
-  if (b.hist)
-    for (int k = 0; k < H; ++k) {
-      const index_t ts = b.seq - H + k;
-      const float* from = ts >= 0 ? b.x + ts * b.x_step : b.hist + (ts + H) * b.hist_step;
-      std::copy(from, from + nch, b.hist + k * b.hist_step);
-    }
 }
 
 template <class Arch>
-inline void conv1d_dispatch(Arch arch, index_t width, const conv1d_block& b) {
+inline void conv1d_dispatch(Arch arch, index_t width, const conv1d_block& b, index_t t0, index_t t1) {
   switch (width) {
-    case 2: return conv1d_item<2>(arch, b);
-    case 3: return conv1d_item<3>(arch, b);
-    case 4: return conv1d_item<4>(arch, b);
-    case 5: return conv1d_item<5>(arch, b);
-    case 6: return conv1d_item<6>(arch, b);
-    case 7: return conv1d_item<7>(arch, b);
-    case 8: return conv1d_item<8>(arch, b);
+    case 2: return conv1d_rows<2>(arch, b, t0, t1);
+    case 3: return conv1d_rows<3>(arch, b, t0, t1);
+    case 4: return conv1d_rows<4>(arch, b, t0, t1);
+    case 5: return conv1d_rows<5>(arch, b, t0, t1);
+    case 6: return conv1d_rows<6>(arch, b, t0, t1);
+    case 7: return conv1d_rows<7>(arch, b, t0, t1);
+    case 8: return conv1d_rows<8>(arch, b, t0, t1);
     default: return;  // validated before
   }
 }
@@ -187,27 +169,57 @@ template <class Arch>
 inline void conv1d_kernel(Arch arch, const tensor_view<const float, 3>& x, const tensor_view<const float, 2>& weight,
                           const tensor_view<const float, 1>& bias, conv1d_state* state, const tensor_view<float, 3>& out,
                           const conv1d_options& opts) {
+  constexpr index_t S = simd::lanes<Arch>;
   const index_t batch = x.dim(0), seq = x.dim(1), channels = x.dim(2), width = weight.dim(1);
   if (batch == 0 || channels == 0 || seq == 0) return;
+  const index_t padded = (channels + S - 1) / S * S, hist_rows = width - 1;
 
-  const index_t chunks = (channels + conv1d_chunk - 1) / conv1d_chunk;
-  parallel_for(opts.policy, batch * chunks, [&](index_t item, int) {
-    const index_t bi = item / chunks, c0 = (item % chunks) * conv1d_chunk;
+  // Shared, read-only by the workers: transposed taps, padded bias, and the
+  // zero history of a stateless call.
+  const bool fresh = state == nullptr;
+  scratch_frame frame(scratch_frame::bytes_for<float>(padded * width) + scratch_frame::bytes_for<float>(padded) +
+                      (fresh ? scratch_frame::bytes_for<float>(hist_rows * channels) : 0));
+  float* wt = frame.alloc<float>(padded * width);
+  float* bs = frame.alloc<float>(padded);
+  float* zeros = fresh ? frame.alloc<float>(hist_rows * channels) : nullptr;
+  for (index_t k = 0; k < width; ++k)
+    for (index_t c = 0; c < padded; ++c) wt[k * padded + c] = c < channels ? weight(c, k) : 0.f;
+  for (index_t c = 0; c < padded; ++c) bs[c] = (c < channels && bias.data() != nullptr) ? bias(c) : 0.f;
+  if (fresh) std::fill(zeros, zeros + hist_rows * channels, 0.f);
+
+  auto block_of = [&](index_t bi) {
     conv1d_block blk;
-    blk.x = x.ptr(bi, 0, c0);
+    blk.x = x.ptr(bi, 0, 0);
     blk.x_step = x.stride(1);
-    blk.out = out.ptr(bi, 0, c0);
+    blk.out = out.ptr(bi, 0, 0);
     blk.out_step = out.stride(1);
-    blk.seq = seq;
-    blk.w = weight.ptr(c0, 0);
-    blk.w_step = weight.stride(0);
-    blk.bias = bias.data() ? bias.ptr(c0) : nullptr;
-    blk.hist = state ? state->history().ptr(bi, 0, c0) : nullptr;
+    blk.wt = wt;
+    blk.bias = bs;
+    blk.hist = fresh ? zeros : state->history().ptr(bi, 0, 0);
     blk.hist_step = channels;
-    blk.nch = std::min(conv1d_chunk, channels - c0);
+    blk.channels = channels;
+    blk.padded = padded;
     blk.silu = opts.silu;
-    conv1d_dispatch(arch, width, blk);
+    return blk;
+  };
+  const index_t per_batch = (seq + conv1d_rows_per_item - 1) / conv1d_rows_per_item;
+  parallel_for(opts.policy, batch * per_batch, [&](index_t item, int) {
+    const index_t bi = item / per_batch, t0 = item % per_batch * conv1d_rows_per_item;
+    conv1d_dispatch(arch, width, block_of(bi), t0, std::min(seq, t0 + conv1d_rows_per_item));
   });
+
+  // Only now (every item has read the old history) the new one: the last
+  // width-1 inputs of (old history, x). Ascending rows read an old row before
+  // it is overwritten.
+  if (state)
+    for (index_t bi = 0; bi < batch; ++bi) {
+      float* hist = state->history().ptr(bi, 0, 0);
+      for (index_t k = 0; k < hist_rows; ++k) {
+        const index_t ts = seq - hist_rows + k;
+        const float* from = ts >= 0 ? x.ptr(bi, ts, 0) : hist + (ts + hist_rows) * channels;
+        std::copy(from, from + channels, hist + k * channels);
+      }
+    }
 }
 
 // A [batch, channels] token seen as [batch, 1, channels], so the step runs the
