@@ -81,6 +81,23 @@ std::vector<float> run_tokmix(const scan_problem& p, selective_scan_state& st, s
   return y.dense();
 }
 
+// The state in mamba's [n_states, d_inner, d_state] order, whatever its storage.
+void set_h(selective_scan_state& st, const std::vector<float>& v) {
+  auto h = st.h();
+  std::size_t i = 0;
+  for (index_t b = 0; b < h.dim(0); ++b)
+    for (index_t d = 0; d < h.dim(1); ++d)
+      for (index_t n = 0; n < h.dim(2); ++n) h(b, d, n) = v[i++];
+}
+std::vector<float> get_h(const selective_scan_state& st) {
+  const auto h = st.h();
+  std::vector<float> v;
+  for (index_t b = 0; b < h.dim(0); ++b)
+    for (index_t d = 0; d < h.dim(1); ++d)
+      for (index_t n = 0; n < h.dim(2); ++n) v.push_back(h(b, d, n));
+  return v;
+}
+
 std::vector<float> initial_state(std::size_t n_states, const scan_problem& p, unsigned seed) {
   return random_floats(n_states * p.d_inner * p.d_state, seed, -1.f, 1.f);
 }
@@ -92,7 +109,7 @@ void check_against_reference(const scan_problem& p, std::size_t gap, unsigned se
   const std::size_t n_states = p.cu.empty() ? p.batch : p.cu.size() - 1;
   const auto h0 = initial_state(n_states, p, seed);
   selective_scan_state st(n_states, p.d_inner, p.d_state);
-  std::copy(h0.begin(), h0.end(), st.h().data());
+  set_h(st, h0);
   const auto y = run_tokmix(p, st, gap);
 
   std::vector<double> h(h0.begin(), h0.end()), y_ref;
@@ -103,7 +120,8 @@ void check_against_reference(const scan_problem& p, std::size_t gap, unsigned se
   // fp32 recurrence over L steps: error grows with the number of terms summed.
   const double tol = 2e-6 * scale * std::sqrt(double(p.d_state) + 1.0) * 4.0;
   TOKMIX_REQUIRE_CLOSE(y.data(), y_ref.data(), y.size(), tol, 2e-5);
-  TOKMIX_REQUIRE_CLOSE(st.h().data(), h.data(), h.size(), tol, 2e-5);
+  const auto h_got = get_h(st);
+  TOKMIX_REQUIRE_CLOSE(h_got.data(), h.data(), h.size(), tol, 2e-5);
 }
 
 }  // namespace
@@ -154,7 +172,7 @@ TEST_CASE("selective_scan: prefill == steps and two prefills == one, bit for bit
       prm.delta_softplus = true;
       auto fresh = [&] {
         selective_scan_state s(batch, d_inner, N);
-        std::copy(h0.begin(), h0.end(), s.h().data());
+        set_h(s, h0);
         return s;
       };
       auto slice3 = [](auto v, index_t t0, index_t len) {
@@ -208,6 +226,37 @@ TEST_CASE("selective_scan: prefill == steps and two prefills == one, bit for bit
     }
 }
 
+TEST_CASE("selective_scan: A as a transposed view of [d_state, d_inner] gives the same bits", "[ssm][selective_scan]") {
+  for (std::size_t d_inner : {13, 33, 300})
+    for (std::size_t N : {1, 16, 17}) {
+      const std::size_t batch = 2, L = 9, G = d_inner == 300 ? 2 : (d_inner == 33 ? 3 : 1);
+      const auto p = make_problem(batch, L, d_inner, N, G, {true, true, true, true}, 700 + d_inner + N);
+      const auto h0 = initial_state(batch, p, 5);
+      std::vector<float> a_t(N * d_inner);  // [N, d_inner]
+      for (std::size_t d = 0; d < d_inner; ++d)
+        for (std::size_t n = 0; n < N; ++n) a_t[n * d_inner + d] = p.A[d * N + n];
+      tensor_view<const float, 3> u(p.u.data(), {index_t(batch), index_t(L), index_t(d_inner)});
+      tensor_view<const float, 3> dl(p.delta.data(), u.dims()), z(p.z.data(), u.dims());
+      tensor_view<const float, 4> B(p.B.data(), {index_t(batch), index_t(L), index_t(G), index_t(N)});
+      tensor_view<const float, 4> C(p.C.data(), B.dims());
+      tensor_view<const float, 2> A(p.A.data(), {index_t(d_inner), index_t(N)});
+      tensor_view<const float, 2> A_t(a_t.data(), {index_t(d_inner), index_t(N)}, {1, index_t(d_inner)});
+      selective_scan_params prm;
+      prm.D = tensor_view<const float, 1>(p.D.data(), {index_t(d_inner)});
+      prm.delta_bias = tensor_view<const float, 1>(p.bias.data(), {index_t(d_inner)});
+      prm.delta_softplus = true;
+      selective_scan_state s1(batch, d_inner, N), s2(batch, d_inner, N);
+      set_h(s1, h0);
+      set_h(s2, h0);
+      std::vector<float> y1(p.u.size()), y2(p.u.size());
+      selective_scan_prefill(u, dl, A, B, C, z, s1, tensor_view<float, 3>(y1.data(), u.dims()), prm);
+      selective_scan_prefill(u, dl, A_t, B, C, z, s2, tensor_view<float, 3>(y2.data(), u.dims()), prm);
+      INFO("d_inner " << d_inner << " N " << N);
+      REQUIRE(y1 == y2);
+      REQUIRE(get_h(s1) == get_h(s2));
+    }
+}
+
 TEST_CASE("selective_scan: packed variable-length batches, empty sequences included", "[ssm][selective_scan]") {
   const std::vector<std::int32_t> cu = {0, 0, 5, 6, 6, 19, 19};
   const std::size_t total = 19, d_inner = 21, N = 17, G = 3;
@@ -219,7 +268,7 @@ TEST_CASE("selective_scan: packed variable-length batches, empty sequences inclu
   const std::size_t n_seqs = cu.size() - 1;
   const auto h0 = initial_state(n_seqs, p, 3);
   selective_scan_state packed(n_seqs, d_inner, N);
-  std::copy(h0.begin(), h0.end(), packed.h().data());
+  set_h(packed, h0);
   const auto y_packed = run_tokmix(p, packed);
   for (std::size_t s = 0; s < n_seqs; ++s) {
     const std::size_t t0 = cu[s], len = cu[s + 1] - cu[s];
@@ -235,11 +284,12 @@ TEST_CASE("selective_scan: packed variable-length batches, empty sequences inclu
     q.B = cut(p.B, G * N);
     q.C = cut(p.C, G * N);
     selective_scan_state alone(1, d_inner, N);
-    std::copy(h0.begin() + s * d_inner * N, h0.begin() + (s + 1) * d_inner * N, alone.h().data());
+    set_h(alone, std::vector<float>(h0.begin() + s * d_inner * N, h0.begin() + (s + 1) * d_inner * N));
     const auto y_alone = run_tokmix(q, alone);
     INFO("sequence " << s);
     REQUIRE(std::equal(y_alone.begin(), y_alone.end(), y_packed.begin() + t0 * d_inner));
-    REQUIRE(std::memcmp(alone.h().data(), packed.h().data() + s * d_inner * N, d_inner * N * sizeof(float)) == 0);
+    const auto h_alone = get_h(alone), h_packed = get_h(packed);
+    REQUIRE(std::equal(h_alone.begin(), h_alone.end(), h_packed.begin() + s * d_inner * N));
   }
 }
 
@@ -334,6 +384,17 @@ TEST_CASE("selective_scan: bad shapes and parameters throw argument_error and wr
     selective_scan_params bad = prm;
     bad.D = tensor_view<const float, 1>(d2.data(), {Dn});
     CHECK_THROWS_AS(selective_scan_prefill(u, dl, A, B, C, st, y, bad), argument_error);
+  }
+  // Non-finite A seen through a transposed view, and an A with no unit stride.
+  {
+    std::vector<float> a_t(N * Dn, -1.f);
+    a_t[3] = std::numeric_limits<float>::infinity();
+    CHECK_THROWS_AS(selective_scan_prefill(u, dl, tensor_view<const float, 2>(a_t.data(), {Dn, N}, {1, Dn}), B, C, st, y, prm),
+                    argument_error);
+    std::vector<float> a_wide(Dn * N * 2, -1.f);
+    CHECK_THROWS_AS(selective_scan_prefill(u, dl, tensor_view<const float, 2>(a_wide.data(), {Dn, N}, {2 * N, 2}), B, C,
+                                           st, y, prm),
+                    argument_error);
   }
   // Bad cu_seqlens: batch != 1, not ending at seq, decreasing.
   {

@@ -49,6 +49,9 @@ struct selective_scan_params {
 };
 
 // h of every sequence: initial state in, final state out. Fresh = zeros.
+// Stored [batch, d_state, d_inner] so the kernel's SIMD axis (channels) is
+// contiguous and a step touches the state in place, with no transposition;
+// h() shows it in mamba's [batch, d_inner, d_state] order through strides.
 class selective_scan_state {
  public:
   selective_scan_state() : selective_scan_state(0, 0, 0) {}
@@ -56,19 +59,24 @@ class selective_scan_state {
     require(batch >= 0, "selective_scan_state batch", ">= 0", batch);
     require(d_inner >= 0, "selective_scan_state d_inner", ">= 0", d_inner);
     require(d_state >= 0, "selective_scan_state d_state", ">= 0", d_state);
-    h_.resize(batch, d_inner, d_state);
+    h_.resize(batch, d_state, d_inner);
     reset();
   }
 
   index_t batch() const { return h_.dimension(0); }
-  index_t d_inner() const { return h_.dimension(1); }
-  index_t d_state() const { return h_.dimension(2); }
+  index_t d_inner() const { return h_.dimension(2); }
+  index_t d_state() const { return h_.dimension(1); }
 
   void reset() { h_.setZero(); }
 
+  // Element (b, d, n) is h(b, d, n); the last dimension is not unit-stride.
   //                                                     // [batch, d_inner, d_state]
-  tensor_view<float, 3> h() { return as_view(h_); }
-  tensor_view<const float, 3> h() const { return as_view(h_); }
+  tensor_view<float, 3> h() { return as_view(h_).permuted({0, 2, 1}); }
+  tensor_view<const float, 3> h() const { return as_view(h_).permuted({0, 2, 1}); }
+
+  // The storage as it is.                               // [batch, d_state, d_inner]
+  tensor_view<float, 3> h_by_state() { return as_view(h_); }
+  tensor_view<const float, 3> h_by_state() const { return as_view(h_); }
 
  private:
   Eigen::Tensor<float, 3, Eigen::RowMajor> h_;
@@ -92,28 +100,56 @@ inline bool selective_scan_given(const tensor_view<T, R>& v) {
   return v.data() != nullptr;
 }
 
-template <int R>
-inline void selective_scan_require_finite(const char* name, const tensor_view<const float, R>& v) {
-  // Parameters are small (d_inner x d_state at most); a full scan costs nothing.
-  const index_t n = v.size();
-  if (n == 0) return;
-  index_t idx[R] = {};
-  for (index_t i = 0; i < n; ++i) {
-    index_t off = 0;
-    for (int k = 0; k < R; ++k) off += idx[k] * v.stride(k);
-    const float x = v.data()[off];
-    if (!std::isfinite(x)) throw argument_error(name, "finite values", detail::to_text(x) + " at flat index " + std::to_string(i));
-    for (int k = R - 1; k >= 0; --k) {
-      if (++idx[k] < v.dim(k)) break;
-      idx[k] = 0;
-    }
+// Every element of a parameter finite. Runs on every call (steps included), so
+// it is vectorised along the unit-stride dimension: x - x is 0 for finite x and
+// NaN otherwise, and a NaN anywhere survives the sum.
+template <class Arch>
+inline bool selective_scan_all_finite(Arch, const float* p, index_t n, index_t step) {
+  using batch = simd::fbatch<Arch>;
+  constexpr index_t S = simd::lanes<Arch>;
+  if (step != 1) {
+    float acc = 0.f;
+    for (index_t i = 0; i < n; ++i) acc += p[i * step] - p[i * step];
+    return acc == 0.f;
   }
+  batch acc(0.f);
+  index_t i = 0;
+  for (; i + S <= n; i += S) {
+    const batch v = batch::load_unaligned(p + i);
+    acc += v - v;
+  }
+  float tail = 0.f;
+  for (; i < n; ++i) tail += p[i] - p[i];
+  return xsimd::hadd(acc) + tail == 0.f;
+}
+
+inline void selective_scan_require_finite(const char* name, const tensor_view<const float, 2>& v) {
+  // Rows along whichever dimension is unit-stride.
+  const bool by_row = v.stride(1) == 1 || v.dim(1) <= 1;
+  const index_t outer = by_row ? v.dim(0) : v.dim(1), inner = by_row ? v.dim(1) : v.dim(0);
+  const index_t outer_step = by_row ? v.stride(0) : v.stride(1), inner_step = by_row ? v.stride(1) : v.stride(0);
+  for (index_t r = 0; r < outer; ++r)
+    if (!selective_scan_all_finite(simd::default_arch{}, v.data() + r * outer_step, inner, inner == 1 ? 1 : inner_step))
+      for (index_t i = 0; i < inner; ++i) {
+        const float x = v.data()[r * outer_step + i * inner_step];
+        if (!std::isfinite(x))
+          throw argument_error(name, "finite values",
+                               detail::to_text(x) + " at [" + std::to_string(by_row ? r : i) + ", " +
+                                   std::to_string(by_row ? i : r) + "]");
+      }
+}
+
+inline void selective_scan_require_finite(const char* name, const tensor_view<const float, 1>& v) {
+  selective_scan_require_finite(name, tensor_view<const float, 2>(v.data(), {1, v.dim(0)}, {0, v.stride(0)}));
 }
 
 inline void selective_scan_validate(const selective_scan_args& a) {
   require_layout("u", a.u);
   require_layout("delta", a.delta);
-  require_layout("A", a.A);
+  // A may also be the transpose of a [d_state, d_inner] buffer (unit stride on
+  // d_inner): then the kernel reads it in place, which is what decode wants.
+  if (!(a.A.stride(0) == 1 && a.A.dim(1) > 1)) require_layout("A", a.A);
+  else require_layout("A (transposed view)", a.A.permuted({1, 0}));
   require_layout("B", a.B);
   require_layout("C", a.C);
   require_layout("y", a.y);
@@ -170,8 +206,10 @@ struct selective_scan_block {
   index_t c0, nch;      // first channel, channel count
   index_t g;            // group of B and C
   index_t width;        // nch rounded up to lanes
-  const float* at;      // [d_state, width]: A transposed
-  float* ht;            // [d_state, width]: state transposed
+  const float* at;      // A(c0 + i, n) at at[n * at_step + i]
+  index_t at_step;
+  float* ht;            // h(c0 + i, n) at ht[n * ht_step + i]: the state itself
+  index_t ht_step;
   const float* dskip;   // [width] or null
   const float* dbias;   // [width] or null
   float* dtb;           // [time_block, width]: delta after bias and softplus
@@ -216,15 +254,20 @@ inline void selective_scan_epilogue(Arch, const selective_scan_args& a, const se
 // block, so each state element costs one exp batch and two FMAs, with only the
 // broadcasts of B and C read from memory. y accumulates over n in ascending
 // order whatever the blocking, so results do not depend on NB.
-template <int NB, class Arch>
+template <int NB, bool Partial, class Arch>
 inline void selective_scan_update(Arch, const selective_scan_block& k, index_t rows, index_t j, index_t n0,
                                   const float* const* bt, const float* const* ct) {
   using batch = simd::fbatch<Arch>;
-  const index_t w = k.width;
+  const index_t w = k.width, nv = k.nch - j;
+  // A and h are read where they live; past the last channel the lanes get
+  // A = 0 and h = 0 (with u = 0 there, h stays 0) and are never stored.
+  auto load = [&](const float* p) {
+    return Partial ? simd::detail::load_partial<Arch>(p, nv, 0.f) : batch::load_unaligned(p);
+  };
   batch a[NB], h[NB];
   for (int i = 0; i < NB; ++i) {
-    a[i] = batch::load_aligned(k.at + (n0 + i) * w + j);
-    h[i] = batch::load_aligned(k.ht + (n0 + i) * w + j);
+    a[i] = load(k.at + (n0 + i) * k.at_step + j);
+    h[i] = load(k.ht + (n0 + i) * k.ht_step + j);
   }
   for (index_t r = 0; r < rows; ++r) {
     const batch dt = batch::load_aligned(k.dtb + r * w + j);
@@ -240,15 +283,27 @@ inline void selective_scan_update(Arch, const selective_scan_block& k, index_t r
     }
     y.store_aligned(yp);
   }
-  for (int i = 0; i < NB; ++i) h[i].store_aligned(k.ht + (n0 + i) * w + j);
+  for (int i = 0; i < NB; ++i) {
+    float* hp = k.ht + (n0 + i) * k.ht_step + j;
+    if (Partial) simd::detail::store_partial<Arch>(hp, h[i], nv);
+    else h[i].store_unaligned(hp);
+  }
+}
+
+template <bool Partial, class Arch>
+inline void selective_scan_update_all(Arch arch, const selective_scan_block& k, index_t n_state, index_t rows,
+                                      index_t j, const float* const* bt, const float* const* ct) {
+  // Registers for A and h: 16 of AVX-512's 32, 8 of AVX2's 16, leaving the rest
+  // to the exp's temporaries.
+  constexpr int nb = simd::lanes<Arch> >= 16 ? 8 : 4;
+  index_t n = 0;
+  for (; n + nb <= n_state; n += nb) selective_scan_update<nb, Partial>(arch, k, rows, j, n, bt, ct);
+  for (; n < n_state; ++n) selective_scan_update<1, Partial>(arch, k, rows, j, n, bt, ct);
 }
 
 template <class Arch>
 inline void selective_scan_block_run(Arch arch, const selective_scan_args& a, const selective_scan_block& k) {
   constexpr index_t S = simd::lanes<Arch>;
-  // Registers for A and h: 16 of AVX-512's 32, 8 of AVX2's 16, leaving the rest
-  // to the exp's temporaries.
-  constexpr int nb = S >= 16 ? 8 : 4;
   const index_t full = k.nch / S * S, n_state = a.A.dim(1);
   const float* bt[selective_scan_time_block];
   const float* ct[selective_scan_time_block];
@@ -260,11 +315,8 @@ inline void selective_scan_block_run(Arch arch, const selective_scan_args& a, co
       bt[t - tb] = a.B.ptr(k.bi, t, k.g, 0);
       ct[t - tb] = a.C.ptr(k.bi, t, k.g, 0);
     }
-    for (index_t j = 0; j < k.width; j += S) {
-      index_t n = 0;
-      for (; n + nb <= n_state; n += nb) selective_scan_update<nb>(arch, k, rows, j, n, bt, ct);
-      for (; n < n_state; ++n) selective_scan_update<1>(arch, k, rows, j, n, bt, ct);
-    }
+    for (index_t j = 0; j < full; j += S) selective_scan_update_all<false>(arch, k, n_state, rows, j, bt, ct);
+    if (full < k.nch) selective_scan_update_all<true>(arch, k, n_state, rows, full, bt, ct);
     for (index_t t = tb; t < te; ++t) {
       for (index_t j = 0; j < full; j += S) selective_scan_epilogue<false>(arch, a, k, t, t - tb, j, S);
       if (full < k.nch) selective_scan_epilogue<true>(arch, a, k, t, t - tb, full, k.nch - full);
@@ -276,7 +328,7 @@ inline void selective_scan_block_run(Arch arch, const selective_scan_args& a, co
 // row of u, delta, z and y is d_inner floats apart, so each row visit lands on
 // a new page where hardware prefetchers restart; 256 channels make it 1 KiB of
 // contiguous reads (measured ~25% faster than 64 at d_inner 1536), while the
-// transposed A and h (2 * d_state * chunk floats, 32 KiB at N = 16) stay near L1.
+// item's A (d_state * chunk floats, 16 KiB at N = 16) stays in L1.
 template <class Arch>
 inline index_t selective_scan_chunk(index_t d_state) {
   constexpr index_t S = simd::lanes<Arch>;
@@ -299,13 +351,16 @@ inline void selective_scan_kernel(Arch arch, const selective_scan_args& a) {
   const index_t chunks = (per_group + chunk - 1) / chunk;
   const int slots = worker_slots(p.policy);
   const index_t tblock = selective_scan_time_block;
-  const std::size_t slot_bytes = 2 * scratch_frame::bytes_for<float>(chunk * d_state) +
-                                 2 * scratch_frame::bytes_for<float>(chunk) +
+  // A with unit stride on d_inner is read in place; mamba's [d_inner, d_state]
+  // is transposed per item into the worker's scratch.
+  const bool a_direct = a.A.stride(0) == 1;
+  const std::size_t at_bytes = a_direct ? 0 : scratch_frame::bytes_for<float>(chunk * d_state);
+  const std::size_t slot_bytes = at_bytes + 2 * scratch_frame::bytes_for<float>(chunk) +
                                  3 * scratch_frame::bytes_for<float>(tblock * chunk);
   scratch_frame frame(slot_bytes * slots);
   float* base = frame.alloc<float>(slot_bytes / sizeof(float) * slots);
 
-  auto state_h = a.state->h();
+  auto state_h = a.state->h_by_state();
   parallel_for(p.policy, n_seqs * groups * chunks, [&](index_t item, int worker) {
     const index_t s = item / (groups * chunks);
     const index_t g = item / chunks % groups;
@@ -322,33 +377,32 @@ inline void selective_scan_kernel(Arch arch, const selective_scan_args& a) {
 
     float* mem = base + slot_bytes / sizeof(float) * worker;
     float* at = mem;
-    float* ht = at + scratch_frame::bytes_for<float>(chunk * d_state) / sizeof(float);
-    float* dskip = ht + scratch_frame::bytes_for<float>(chunk * d_state) / sizeof(float);
+    float* dskip = at + at_bytes / sizeof(float);
     float* dbias = dskip + scratch_frame::bytes_for<float>(chunk) / sizeof(float);
     k.dtb = dbias + scratch_frame::bytes_for<float>(chunk) / sizeof(float);
     k.dtub = k.dtb + scratch_frame::bytes_for<float>(tblock * chunk) / sizeof(float);
     k.yb = k.dtub + scratch_frame::bytes_for<float>(tblock * chunk) / sizeof(float);
     const index_t w = k.width;
-    for (index_t n = 0; n < d_state; ++n)
-      for (index_t i = 0; i < w; ++i) {
-        const bool valid = i < k.nch;
-        at[n * w + i] = valid ? a.A(c0 + i, n) : 0.f;
-        ht[n * w + i] = valid ? state_h(s, c0 + i, n) : 0.f;
-      }
+    if (a_direct) {
+      k.at = a.A.ptr(c0, 0);
+      k.at_step = a.A.stride(1);
+    } else {
+      for (index_t n = 0; n < d_state; ++n)
+        for (index_t i = 0; i < w; ++i) at[n * w + i] = i < k.nch ? a.A(c0 + i, n) : 0.f;
+      k.at = at;
+      k.at_step = w;
+    }
+    k.ht = state_h.ptr(s, 0, c0);
+    k.ht_step = state_h.stride(1);
     for (index_t i = 0; i < w; ++i) {
       const bool valid = i < k.nch;
       dskip[i] = valid && selective_scan_given(p.D) ? p.D(c0 + i) : 0.f;
       dbias[i] = valid && selective_scan_given(p.delta_bias) ? p.delta_bias(c0 + i) : 0.f;
     }
-    k.at = at;
-    k.ht = ht;
     k.dskip = selective_scan_given(p.D) ? dskip : nullptr;
     k.dbias = selective_scan_given(p.delta_bias) ? dbias : nullptr;
 
     selective_scan_block_run(arch, a, k);
-
-    for (index_t i = 0; i < k.nch; ++i)
-      for (index_t n = 0; n < d_state; ++n) state_h(s, c0 + i, n) = ht[n * w + i];
   });
 }
 
