@@ -202,6 +202,19 @@ TEST_CASE("gemm: every instruction set the build enables", "[simd][gemm]") {
   }
 }
 
+TEST_CASE("gemm_nt: every row grouping of the few-rows dot-product path", "[simd][gemm]") {
+  // Up to 8 rows of A run as groups of at most 4; the sweep sizes miss 3, 4 and 6.
+  unsigned idx = 0;
+  for (index_t m : {3, 4, 6, 8, 9})
+    for (index_t n : {1, 2, 9, 33})
+      for (index_t k : {7, 64, 129}) {
+        gemm_case t{gemm_op::nt, m, n, k, alphas[idx % 3], betas[idx % 4], pads[idx % 4], pads[(idx + 1) % 4],
+                    pads[(idx + 3) % 4], idx % 4};
+        check_case<void>(t, 9000 + idx);
+        ++idx;
+      }
+}
+
 TEST_CASE("gemm: attention tile shapes", "[simd][gemm]") {
   // The shapes the mixers run, once each with beta = 0 over a NaN C.
   const gemm_case cases[] = {

@@ -269,19 +269,50 @@ inline void gemm_nt_dot_tile(index_t k, const float* a, index_t lda, const float
     }
 }
 
-template <class Arch, int MI>
-inline void gemm_nt_dot_rows(index_t n, index_t k, const float* a, index_t lda, const float* b, index_t ldb, float* c,
-                             index_t ldc, float alpha, float beta) {
-  // About 8 accumulators: enough independent FMA chains, with registers left
-  // for the B rows on 16-register targets.
-  constexpr int nj = MI == 1 ? 8 : MI == 2 ? 4 : MI == 3 ? 3 : 2;
-  index_t j = 0;
-  for (; j + nj <= n; j += nj) gemm_nt_dot_tile<Arch, MI, nj>(k, a, lda, b + j * ldb, ldb, c + j, ldc, alpha, beta);
-  for (; j < n; ++j) gemm_nt_dot_tile<Arch, MI, 1>(k, a, lda, b + j * ldb, ldb, c + j, ldc, alpha, beta);
-}
+// Rows of A up to which gemm_nt takes the dot-product path.
+constexpr index_t gemm_nt_dot_rows_max = 8;
 
-// Rows of A below which gemm_nt takes the dot-product path.
-constexpr index_t gemm_nt_dot_rows_max = 4;
+// Rows of A in groups of at most 4, about 8 accumulators per tile: enough
+// independent FMA chains with registers left for the B rows on 16-register
+// targets. With more than 2 rows the groups share each 2-row slice of B while
+// it sits in L1, so B streams from memory once.
+template <class Arch>
+inline void gemm_nt_dot(index_t m, index_t n, index_t k, const float* a, index_t lda, const float* b, index_t ldb,
+                        float* c, index_t ldc, float alpha, float beta) {
+  index_t j = 0;
+  if (m == 1) {
+    for (; j + 8 <= n; j += 8) gemm_nt_dot_tile<Arch, 1, 8>(k, a, lda, b + j * ldb, ldb, c + j, ldc, alpha, beta);
+  } else if (m == 2) {
+    for (; j + 4 <= n; j += 4) gemm_nt_dot_tile<Arch, 2, 4>(k, a, lda, b + j * ldb, ldb, c + j, ldc, alpha, beta);
+  } else {
+    for (; j + 2 <= n; j += 2) {
+      for (index_t i = 0; i < m; i += 4) {
+        const float* ai = a + i * lda;
+        float* cij = c + i * ldc + j;
+        const float* bj = b + j * ldb;
+        switch (std::min<index_t>(4, m - i)) {
+          case 1: gemm_nt_dot_tile<Arch, 1, 2>(k, ai, lda, bj, ldb, cij, ldc, alpha, beta); break;
+          case 2: gemm_nt_dot_tile<Arch, 2, 2>(k, ai, lda, bj, ldb, cij, ldc, alpha, beta); break;
+          case 3: gemm_nt_dot_tile<Arch, 3, 2>(k, ai, lda, bj, ldb, cij, ldc, alpha, beta); break;
+          default: gemm_nt_dot_tile<Arch, 4, 2>(k, ai, lda, bj, ldb, cij, ldc, alpha, beta); break;
+        }
+      }
+    }
+  }
+  for (; j < n; ++j) {
+    for (index_t i = 0; i < m; i += 4) {
+      const float* ai = a + i * lda;
+      float* cij = c + i * ldc + j;
+      const float* bj = b + j * ldb;
+      switch (std::min<index_t>(4, m - i)) {
+        case 1: gemm_nt_dot_tile<Arch, 1, 1>(k, ai, lda, bj, ldb, cij, ldc, alpha, beta); break;
+        case 2: gemm_nt_dot_tile<Arch, 2, 1>(k, ai, lda, bj, ldb, cij, ldc, alpha, beta); break;
+        case 3: gemm_nt_dot_tile<Arch, 3, 1>(k, ai, lda, bj, ldb, cij, ldc, alpha, beta); break;
+        default: gemm_nt_dot_tile<Arch, 4, 1>(k, ai, lda, bj, ldb, cij, ldc, alpha, beta); break;
+      }
+    }
+  }
+}
 
 // C = beta*C + alpha*A*B for the nn and tn layouts and, after packing, nt.
 template <class Arch, gemm_op Op>
@@ -293,12 +324,7 @@ void gemm_kernel(Arch, index_t m, index_t n, index_t k, float alpha, const float
   constexpr bool b_trans = Op == gemm_op::nt;
 
   if (b_trans && m <= gemm_nt_dot_rows_max) {
-    switch (m) {
-      case 1: gemm_nt_dot_rows<Arch, 1>(n, k, a, lda, b, ldb, c, ldc, alpha, beta); break;
-      case 2: gemm_nt_dot_rows<Arch, 2>(n, k, a, lda, b, ldb, c, ldc, alpha, beta); break;
-      case 3: gemm_nt_dot_rows<Arch, 3>(n, k, a, lda, b, ldb, c, ldc, alpha, beta); break;
-      default: gemm_nt_dot_rows<Arch, 4>(n, k, a, lda, b, ldb, c, ldc, alpha, beta); break;
-    }
+    gemm_nt_dot<Arch>(m, n, k, a, lda, b, ldb, c, ldc, alpha, beta);
     return;
   }
 
