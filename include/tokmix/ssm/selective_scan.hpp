@@ -387,8 +387,13 @@ inline void selective_scan_kernel(Arch arch, const selective_scan_args& a) {
       k.at = a.A.ptr(c0, 0);
       k.at_step = a.A.stride(1);
     } else {
-      for (index_t n = 0; n < d_state; ++n)
-        for (index_t i = 0; i < w; ++i) at[n * w + i] = i < k.nch ? a.A(c0 + i, n) : 0.f;
+      // Local copies of the strides keep the loop in registers (it is most of
+      // a decode step's cost when A comes in mamba's layout).
+      const float* src = a.A.ptr(c0, 0);
+      const index_t s_d = a.A.stride(0), s_n = a.A.stride(1), nch = k.nch;
+      for (index_t i = 0; i < nch; ++i)
+        for (index_t n = 0; n < d_state; ++n) at[n * w + i] = src[i * s_d + n * s_n];
+      for (index_t n = 0; n < d_state; ++n) std::fill(at + n * w + nch, at + (n + 1) * w, 0.f);
       k.at = at;
       k.at_step = w;
     }
