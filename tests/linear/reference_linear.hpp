@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "tokmix/core/tensor_view.hpp"
+#include "support/compare.hpp"
 #include "tokmix/linear/feature_maps.hpp"
 
 namespace tokmix_test {
@@ -96,6 +97,23 @@ struct problem {
   std::size_t o_size() const { return static_cast<std::size_t>(B * Lq * Hq * dv); }
   std::size_t o_index(index_t b, index_t t, index_t h) const { return static_cast<std::size_t>(((b * Lq + t) * Hq + h) * dv); }
 };
+
+// Uniform random q, k in [-amp, amp] and v in [-1, 1], reproducible from seed.
+inline problem random_problem(index_t B, index_t Lq, index_t Lk, index_t Hq, index_t Hkv, index_t dk, index_t dv,
+                              unsigned seed, float amp = 1.f) {
+  problem p;
+  p.B = B;
+  p.Lq = Lq;
+  p.Lk = Lk;
+  p.Hq = Hq;
+  p.Hkv = Hkv;
+  p.dk = dk;
+  p.dv = dv;
+  p.q = random_floats(static_cast<std::size_t>(B * Lq * Hq * dk), seed, -amp, amp);
+  p.k = random_floats(static_cast<std::size_t>(B * Lk * Hkv * dk), seed + 1, -amp, amp);
+  p.v = random_floats(static_cast<std::size_t>(B * Lk * Hkv * dv), seed + 2, -1.f, 1.f);
+  return p;
+}
 
 // Optional initial state (true values, unshifted): S0 [B, Hkv, F, dv], z0 [B, Hkv, F].
 struct linear_result {
@@ -184,6 +202,78 @@ inline std::vector<double> softmax_attention(const problem& p, double scale, boo
         for (index_t j = 0; j <= jmax; ++j)
           for (index_t e = 0; e < p.dv; ++e) o[p.o_index(b, i, h) + static_cast<std::size_t>(e)] += s[static_cast<std::size_t>(j)] / den * p.v_at(b, j, g)[e];
       }
+  return o;
+}
+
+// Kernelized attention with relative positions: w_ij = phi(q_i).phi(k_j) *
+// exp(bias[h][j - i + L - 1]), causal: j <= i. bias is [Hq, 2L-1], dense.
+inline std::vector<double> kernelized_relpos(const problem& p, const tokmix::feature_map& f,
+                                             const std::vector<float>& bias, bool causal, bool normalize, double eps) {
+  std::vector<double> o(p.o_size(), 0.0);
+  const index_t L = p.Lq, group = p.Hq / p.Hkv;
+  for (index_t b = 0; b < p.B; ++b)
+    for (index_t h = 0; h < p.Hq; ++h) {
+      const index_t g = h / group;
+      for (index_t i = 0; i < L; ++i) {
+        const auto pq = phi(f, p.q_at(b, i, h), p.dk);
+        std::vector<double> num(static_cast<std::size_t>(p.dv), 0.0);
+        double den = 0;
+        for (index_t j = 0; j < L; ++j) {
+          if (causal && j > i) continue;
+          const double w = dot(pq, phi(f, p.k_at(b, j, g), p.dk)) *
+                           std::exp(double(bias[static_cast<std::size_t>(h * (2 * L - 1) + (j - i + L - 1))]));
+          for (index_t e = 0; e < p.dv; ++e) num[static_cast<std::size_t>(e)] += w * p.v_at(b, j, g)[e];
+          den += w;
+        }
+        for (index_t e = 0; e < p.dv; ++e)
+          o[p.o_index(b, i, h) + static_cast<std::size_t>(e)] =
+              normalize ? ((den + eps) == 0 ? 0.0 : num[static_cast<std::size_t>(e)] / (den + eps)) : num[static_cast<std::size_t>(e)];
+      }
+    }
+  return o;
+}
+
+// Row layer norm over the head dim with optional affine (w, bias: [heads, dim] dense, empty = none).
+inline std::vector<double> layer_norm_row(const float* x, index_t dim, double eps, const std::vector<float>& w,
+                                          const std::vector<float>& bias, index_t head) {
+  double mean = 0, var = 0;
+  for (index_t i = 0; i < dim; ++i) mean += x[i];
+  mean /= double(dim);
+  for (index_t i = 0; i < dim; ++i) var += (x[i] - mean) * (x[i] - mean);
+  var /= double(dim);
+  std::vector<double> y(static_cast<std::size_t>(dim));
+  for (index_t i = 0; i < dim; ++i) {
+    double v = (x[i] - mean) / std::sqrt(var + eps);
+    if (!w.empty()) v *= w[static_cast<std::size_t>(head * dim + i)];
+    if (!bias.empty()) v += bias[static_cast<std::size_t>(head * dim + i)];
+    y[static_cast<std::size_t>(i)] = v;
+  }
+  return y;
+}
+
+// Galerkin: o = Q (LN(K)^T LN(V)) / Lk; Fourier: o = (LN(Q) LN(K)^T) V / Lk,
+// evaluated left to right (the L x L form) to differ from the kernel's order.
+struct galerkin_affine {
+  std::vector<float> qw, qb, kw, kb, vw, vb;
+};
+inline std::vector<double> galerkin(const problem& p, bool fourier, double eps, const galerkin_affine& a) {
+  std::vector<double> o(p.o_size(), 0.0);
+  const index_t group = p.Hq / p.Hkv;
+  for (index_t b = 0; b < p.B; ++b)
+    for (index_t h = 0; h < p.Hq; ++h) {
+      const index_t g = h / group;
+      for (index_t i = 0; i < p.Lq; ++i) {
+        std::vector<double> qi(p.q_at(b, i, h), p.q_at(b, i, h) + p.dk);
+        if (fourier) qi = layer_norm_row(p.q_at(b, i, h), p.dk, eps, a.qw, a.qb, h);
+        for (index_t j = 0; j < p.Lk; ++j) {
+          const auto kj = layer_norm_row(p.k_at(b, j, g), p.dk, eps, a.kw, a.kb, g);
+          std::vector<double> vj(p.v_at(b, j, g), p.v_at(b, j, g) + p.dv);
+          if (!fourier) vj = layer_norm_row(p.v_at(b, j, g), p.dv, eps, a.vw, a.vb, g);
+          const double s = dot(qi, kj) / double(p.Lk);
+          for (index_t e = 0; e < p.dv; ++e) o[p.o_index(b, i, h) + static_cast<std::size_t>(e)] += s * vj[static_cast<std::size_t>(e)];
+        }
+      }
+    }
   return o;
 }
 
