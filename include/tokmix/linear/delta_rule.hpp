@@ -111,6 +111,39 @@ inline void delta_recurrent_kernel(Arch arch, const delta_args& a) {
   });
 }
 
+// T = (I + A)^-1 diag(beta) for the strictly lower c x c matrix A (row i read
+// at a + i*lda, columns j < i), by forward substitution: row i of (I + A)^-1 is
+// e_i - sum_{j<i} A_ij row_j. Rows of T are ldt floats (a multiple of the
+// lanes), zero past the diagonal, so every update runs on whole batches:
+// columns [b*w, (b+1)*w) only gather rows j >= b*w (earlier rows are zero there).
+// beta holds ldt entries (zero past c).
+template <class Arch>
+inline void delta_build_t(Arch, const float* a, index_t lda, const float* beta, float* T, index_t ldt, index_t c) {
+  using fb = sx::fbatch<Arch>;
+  constexpr index_t w = sx::lanes<Arch>;
+  for (index_t i = 0; i < c; ++i) {
+    float* ti = T + i * ldt;
+    const float* ai = a + i * lda;
+    index_t col = 0;
+    for (; col < i; col += w) {
+      fb acc0(0.f), acc1(0.f);
+      index_t j = col;
+      for (; j + 2 <= i; j += 2) {
+        acc0 = xsimd::fnma(fb(ai[j]), fb::load_aligned(T + j * ldt + col), acc0);
+        acc1 = xsimd::fnma(fb(ai[j + 1]), fb::load_aligned(T + (j + 1) * ldt + col), acc1);
+      }
+      if (j < i) acc0 = xsimd::fnma(fb(ai[j]), fb::load_aligned(T + j * ldt + col), acc0);
+      (acc0 + acc1).store_aligned(ti + col);
+    }
+    for (; col < ldt; col += w) fb(0.f).store_aligned(ti + col);
+    ti[i] = 1.f;
+  }
+  // Only now: the substitution above needs the rows of (I + A)^-1 itself.
+  for (index_t i = 0; i < c; ++i)
+    for (index_t col = 0; col <= i; col += w)
+      (fb::load_aligned(T + i * ldt + col) * fb::load_aligned(beta + col)).store_aligned(T + i * ldt + col);
+}
+
 template <class Arch>
 inline void delta_chunk_kernel(Arch arch, const delta_args& a) {
   const rec_io& io = a.io;
@@ -123,8 +156,11 @@ inline void delta_chunk_kernel(Arch arch, const delta_args& a) {
 
   const std::size_t mk = scratch_frame::bytes_for<float>(C * dk);
   const std::size_t mv = scratch_frame::bytes_for<float>(C * dv);
-  const std::size_t mc = scratch_frame::bytes_for<float>(C * C);
-  const std::size_t vc = scratch_frame::bytes_for<float>(C);
+  // T's rows padded to whole batches (and aligned) for delta_build_t.
+  constexpr index_t w = sx::lanes<Arch>;
+  const index_t ldt = (C + w - 1) / w * w;
+  const std::size_t mc = scratch_frame::bytes_for<float>(C * ldt);
+  const std::size_t vc = scratch_frame::bytes_for<float>(ldt);
   const std::size_t slot = 4 * mk + mv + 3 * mc + 3 * vc;
   const int slots = worker_slots(p.policy);
   scratch_frame frame(slot * slots);
@@ -146,7 +182,7 @@ inline void delta_chunk_kernel(Arch arch, const delta_args& a) {
     float* T = take(mc);    // [C, C]
     float* Gm = take(mc);   // [C, C] Gam (gated only)
     float* r = take(vc);    // [C] r_i
-    float* bt = take(vc);   // [C] beta_i
+    float* bt = take(vc);   // [ldt] beta_i, zero past the chunk
     float* gam = take(vc);  // [C] gamma_i
     float* S = it.S;
 
@@ -162,10 +198,17 @@ inline void delta_chunk_kernel(Arch arch, const delta_args& a) {
           if (r[c] < -rec_max_span) break;
         }
       }
+      const index_t next = std::min(C, it.t1 - pos - c);
+      if (next > 0) {
+        rec_prefetch_chunk(io, it.bi, it.h, pos + c, next, nullptr, 0, 0);
+        rec_prefetch(a.beta.ptr(it.bi, pos + c, it.h), a.beta.stride(1) * index_t(sizeof(float)), next, 1);
+        if (gated) rec_prefetch(a.g.ptr(it.bi, pos + c, it.h), a.g.stride(1) * index_t(sizeof(float)), next, 1);
+      }
       const float* qc = io.q.ptr(it.bi, pos, it.h, 0);
       const float* kc = io.k.ptr(it.bi, pos, it.h, 0);
       const float* vcp = io.v.ptr(it.bi, pos, it.h, 0);
       float* oc = io.o.ptr(it.bi, pos, it.h, 0);
+      std::fill(bt, bt + ldt, 0.f);
       for (index_t i = 0; i < c; ++i) {
         rec_normalise(arch, kc + i * ldk, kn + i * dk, dk, p.use_qk_l2norm, p.l2norm_eps, 1.f);
         rec_normalise(arch, qc + i * ldq, qn + i * dk, dk, p.use_qk_l2norm, p.l2norm_eps, scale);
@@ -181,23 +224,17 @@ inline void delta_chunk_kernel(Arch arch, const delta_args& a) {
       // T = (I + A)^-1 diag(beta), A = strict_tril(diag(beta) (K K^T . Gam)).
       simd::gemm_nt(c, c, dk, 1.f, kn, dk, kn, dk, 0.f, M, C);
       for (index_t i = 0; i < c; ++i) {
-        float* ti = T + i * C;
-        std::fill(ti, ti + c, 0.f);
-        const float* mi = M + i * C;
+        float* mi = M + i * C;
         const float* gi = Gm + i * C;
-        for (index_t j = 0; j < i; ++j) {
-          const float aij = bt[i] * mi[j] * (gated ? gi[j] : 1.f);
-          if (aij != 0.f) simd::detail::axpy_kernel(arch, -aij, T + j * C, ti, j + 1);
-        }
-        ti[i] = 1.f;
+        for (index_t j = 0; j < i; ++j) mi[j] *= bt[i] * (gated ? gi[j] : 1.f);
       }
-      for (index_t i = 0; i < c; ++i) rec_scale_mul(arch, 1.f, T + i * C, bt, T + i * C, i + 1);
+      delta_build_t(arch, M, C, bt, T, ldt, c);
 
       // U = T V - T diag(gamma) K S: the values each token writes after the corrections.
       for (index_t i = 0; i < c; ++i)
         rec_scale_mul(arch, gated ? gam[i] : 1.f, kn + i * dk, nullptr, kw + i * dk, dk);
-      simd::gemm_nn(c, dk, c, 1.f, T, C, kw, dk, 0.f, W, dk);
-      simd::gemm_nn(c, dv, c, 1.f, T, C, vcp, ldv, 0.f, U, dv);
+      simd::gemm_nn(c, dk, c, 1.f, T, ldt, kw, dk, 0.f, W, dk);
+      simd::gemm_nn(c, dv, c, 1.f, T, ldt, vcp, ldv, 0.f, U, dv);
       simd::gemm_nn(c, dv, dk, -1.f, W, dk, S, dv, 1.f, U, dv);
 
       // Outputs: decayed carried state, then the masked intra-chunk term.

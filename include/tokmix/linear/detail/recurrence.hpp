@@ -114,6 +114,30 @@ inline void rec_validate(const rec_io& io, const tensor_view<const std::int32_t,
   require(state.value_dim() == dv, "state value_dim", dv, state.value_dim());
 }
 
+namespace sx = ::tokmix::simd;
+
+// True iff every x[i] is in [lo, hi] (NaN fails both comparisons).
+template <class Arch>
+inline bool rec_all_in_range(Arch, const float* x, index_t n, float lo, float hi) {
+  using fb = sx::fbatch<Arch>;
+  constexpr index_t w = sx::lanes<Arch>;
+  const fb vl(lo), vh(hi);
+  auto ok = fb(0.f) == fb(0.f);
+  index_t i = 0;
+  for (; i + 4 * w <= n; i += 4 * w) {
+    const fb a = fb::load_unaligned(x + i), b = fb::load_unaligned(x + i + w);
+    const fb c = fb::load_unaligned(x + i + 2 * w), d = fb::load_unaligned(x + i + 3 * w);
+    ok = ok & (a >= vl) & (a <= vh) & (b >= vl) & (b <= vh) & (c >= vl) & (c <= vh) & (d >= vl) & (d <= vh);
+  }
+  for (; i + w <= n; i += w) {
+    const fb a = fb::load_unaligned(x + i);
+    ok = ok & (a >= vl) & (a <= vh);
+  }
+  bool all = xsimd::all(ok);
+  for (; i < n; ++i) all &= (x[i] >= lo) & (x[i] <= hi);
+  return all;
+}
+
 // A gate/beta tensor: layout, shape and every value finite and in [lo, hi].
 // Rows along the last (contiguous) dim are checked with a branch-free loop the
 // compiler vectorises; a full pass costs far less than the mixer itself.
@@ -121,16 +145,17 @@ template <int R>
 inline void rec_require_values(const char* name, const tensor_view<const float, R>& v, float lo, float hi) {
   const index_t n = v.size();
   if (n == 0) return;
-  const index_t inner = v.dim(R - 1);
+  // A dense tensor is one row: the check then runs as one long vector loop.
+  bool dense = true;
+  for (index_t d = R - 1, s = 1; d >= 0; s *= v.dim(d), --d) dense &= v.dim(d) == 1 || v.stride(d) == s;
+  const index_t inner = dense ? n : v.dim(R - 1);
   const index_t rows = n / inner;
   index_t idx[R] = {};
   for (index_t r = 0; r < rows; ++r) {
     index_t off = 0;
     for (int d = 0; d < R - 1; ++d) off += idx[d] * v.stride(d);
     const float* p = v.data() + off;
-    bool ok = true;
-    for (index_t i = 0; i < inner; ++i) ok &= (p[i] >= lo) & (p[i] <= hi);  // NaN fails both
-    if (!ok) {
+    if (!rec_all_in_range(sx::default_arch{}, p, inner, lo, hi)) {
       for (index_t i = 0; i < inner; ++i)
         if (!(p[i] >= lo && p[i] <= hi))
           throw argument_error(name, "finite values in [" + to_text(lo) + ", " + to_text(hi) + "]",
@@ -191,9 +216,35 @@ inline void rec_for_each(const rec_io& io, const tensor_view<const std::int32_t,
   });
 }
 
-// ---- small vector kernels -------------------------------------------------------
+// Starts loading `rows` rows of `width` floats, `ld` apart. A chunk's rows of
+// one head are d floats every heads*d: too far apart for the hardware
+// prefetcher (it stops at page ends), so without this each row is a full
+// memory latency the chunk's products then wait on. Issued one chunk ahead.
+inline void rec_prefetch(const void* p, index_t ld_bytes, index_t rows, index_t width_bytes, bool for_write = false) {
+#ifdef TOKMIX_GATED_NO_PREFETCH
+  return;
+#endif
+  const char* c = static_cast<const char*>(p);
+  for (index_t r = 0; r < rows; ++r, c += ld_bytes)
+    for (index_t off = 0; off < width_bytes; off += 64) {
+      if (for_write) __builtin_prefetch(c + off, 1, 2);
+      else __builtin_prefetch(c + off, 0, 2);
+    }
+}
 
-namespace sx = ::tokmix::simd;
+// The next chunk's q, k, v (and the gate rows if given) of one item, and its o rows.
+inline void rec_prefetch_chunk(const rec_io& io, index_t bi, index_t h, index_t pos, index_t rows, const float* g,
+                               index_t g_ld, index_t g_width) {
+  if (rows <= 0) return;
+  const index_t dk = io.q.dim(3), dv = io.v.dim(3), f = sizeof(float);
+  rec_prefetch(io.q.ptr(bi, pos, h, 0), io.q.stride(1) * f, rows, dk * f);
+  rec_prefetch(io.k.ptr(bi, pos, h, 0), io.k.stride(1) * f, rows, dk * f);
+  rec_prefetch(io.v.ptr(bi, pos, h, 0), io.v.stride(1) * f, rows, dv * f);
+  rec_prefetch(io.o.ptr(bi, pos, h, 0), io.o.stride(1) * f, rows, dv * f, true);
+  if (g) rec_prefetch(g, g_ld * f, rows, g_width * f);
+}
+
+// ---- small vector kernels -------------------------------------------------------
 
 // y[i] = a * x[i] * e[i] (e may be null: y = a * x).
 template <class Arch>
