@@ -124,29 +124,25 @@ inline void gemm_micro(index_t kc, const float* a, index_t lda, const float* b, 
 // Rows are handled MR at a time and a panel's width in whole batches; the last
 // 1..MR-1 rows and narrow panels get their own exact instantiation, so no A row
 // past m is touched and no accumulator is wasted on a zero-padded batch.
-template <class Arch, int NB, bool ATrans>
+template <class Arch, int NB, bool ATrans, int MR = gemm_config<Arch>::mr>
 inline void gemm_micro_rows(int rows, index_t kc, const float* a, index_t lda, const float* b, index_t ldb, float* c,
                             index_t ldc, index_t ncols, float alpha, float beta) {
-  switch (rows) {
-    case 6: gemm_micro<Arch, 6, NB, ATrans>(kc, a, lda, b, ldb, c, ldc, ncols, alpha, beta); break;
-    case 5: gemm_micro<Arch, 5, NB, ATrans>(kc, a, lda, b, ldb, c, ldc, ncols, alpha, beta); break;
-    case 4: gemm_micro<Arch, 4, NB, ATrans>(kc, a, lda, b, ldb, c, ldc, ncols, alpha, beta); break;
-    case 3: gemm_micro<Arch, 3, NB, ATrans>(kc, a, lda, b, ldb, c, ldc, ncols, alpha, beta); break;
-    case 2: gemm_micro<Arch, 2, NB, ATrans>(kc, a, lda, b, ldb, c, ldc, ncols, alpha, beta); break;
-    default: gemm_micro<Arch, 1, NB, ATrans>(kc, a, lda, b, ldb, c, ldc, ncols, alpha, beta); break;
+  if (MR == 1 || rows >= MR) {
+    gemm_micro<Arch, MR, NB, ATrans>(kc, a, lda, b, ldb, c, ldc, ncols, alpha, beta);
+  } else {
+    gemm_micro_rows<Arch, NB, ATrans, (MR > 1 ? MR - 1 : 1)>(rows, kc, a, lda, b, ldb, c, ldc, ncols, alpha, beta);
   }
 }
 
-template <class Arch, bool ATrans>
+template <class Arch, bool ATrans, int NB = gemm_config<Arch>::nb>
 inline void gemm_micro_any(int rows, index_t kc, const float* a, index_t lda, const float* b, index_t ldb, float* c,
                            index_t ldc, index_t ncols, float alpha, float beta) {
-  using cfg = gemm_config<Arch>;
-  static_assert(cfg::mr == 6 && (cfg::nb == 2 || cfg::nb == 4), "dispatch below covers mr = 6, nb in {2, 4}");
-  const index_t nbat = (ncols + cfg::lanes - 1) / cfg::lanes;
-  if (nbat <= 1) gemm_micro_rows<Arch, 1, ATrans>(rows, kc, a, lda, b, ldb, c, ldc, ncols, alpha, beta);
-  else if (nbat == 2 || cfg::nb == 2) gemm_micro_rows<Arch, 2, ATrans>(rows, kc, a, lda, b, ldb, c, ldc, ncols, alpha, beta);
-  else if (nbat == 3) gemm_micro_rows<Arch, (cfg::nb >= 3 ? 3 : 2), ATrans>(rows, kc, a, lda, b, ldb, c, ldc, ncols, alpha, beta);
-  else gemm_micro_rows<Arch, cfg::nb, ATrans>(rows, kc, a, lda, b, ldb, c, ldc, ncols, alpha, beta);
+  constexpr index_t lanes = gemm_config<Arch>::lanes;
+  if (NB == 1 || ncols > (NB - 1) * lanes) {
+    gemm_micro_rows<Arch, NB, ATrans>(rows, kc, a, lda, b, ldb, c, ldc, ncols, alpha, beta);
+  } else {
+    gemm_micro_any<Arch, ATrans, (NB > 1 ? NB - 1 : 1)>(rows, kc, a, lda, b, ldb, c, ldc, ncols, alpha, beta);
+  }
 }
 
 // 128-bit batch type for 4x4 transposes in the nt packing. Whole-register
