@@ -119,6 +119,29 @@ TEST_CASE("conv1d: two prefills == one prefill == steps, bit for bit", "[ssm][co
     }
 }
 
+TEST_CASE("conv1d: taps as a view of a [width, channels] buffer give the same bits", "[ssm][conv1d]") {
+  for (std::size_t channels : {1, 13, 40, 300}) {
+    const std::size_t batch = 2, L = 11, width = 4;
+    const auto xv = random_floats(batch * L * channels, 41);
+    const auto wv = random_floats(channels * width, 42);
+    const auto bv = random_floats(channels, 43);
+    std::vector<float> w_t(width * channels);
+    for (std::size_t c = 0; c < channels; ++c)
+      for (std::size_t k = 0; k < width; ++k) w_t[k * channels + c] = wv[c * width + k];
+    tensor_view<const float, 3> x(xv.data(), {index_t(batch), index_t(L), index_t(channels)});
+    tensor_view<const float, 2> w(wv.data(), {index_t(channels), index_t(width)});
+    tensor_view<const float, 2> w_by_channel(w_t.data(), {index_t(channels), index_t(width)}, {1, index_t(channels)});
+    tensor_view<const float, 1> b(bv.data(), {index_t(channels)});
+    std::vector<float> y1(xv.size()), y2(xv.size());
+    conv1d_state s1(batch, channels, width), s2(batch, channels, width);
+    conv1d_prefill(x, w, b, s1, tensor_view<float, 3>(y1.data(), x.dims()));
+    conv1d_prefill(x, w_by_channel, b, s2, tensor_view<float, 3>(y2.data(), x.dims()));
+    INFO("channels " << channels);
+    REQUIRE(y1 == y2);
+    REQUIRE(std::memcmp(s1.history().data(), s2.history().data(), s1.history().size() * sizeof(float)) == 0);
+  }
+}
+
 TEST_CASE("conv1d: threads give the serial result", "[ssm][conv1d]") {
   const std::size_t batch = 2, L = 33, channels = 600, width = 4;
   const auto xv = random_floats(batch * L * channels, 21);

@@ -11,7 +11,8 @@
 //   out[b,t,c] = act(bias[c] + sum_{k<W} weight[c,k] * x[b, t-(W-1)+k, c])
 //
 // where inputs before t = 0 come from the state (the last W-1 inputs of the
-// previous call, zeros for a fresh state) and act is identity or SiLU.
+// previous call, zeros for a fresh state) and act is identity or SiLU. Work
+// items are token ranges; results do not depend on the thread count.
 
 #include <algorithm>
 #include <cmath>
@@ -72,7 +73,6 @@ class conv1d_state {
 
 namespace detail {
 
-
 // Tokens per work item. Items split the sequence, not the channels: a token
 // row is contiguous, so an item streams one contiguous stretch of x and out,
 // which is what the hardware prefetchers follow (items of a channel range
@@ -86,11 +86,12 @@ struct conv1d_block {
   index_t x_step;  // between tokens
   float* out;
   index_t out_step;
-  const float* wt;    // [width, padded]: taps transposed, zero-padded
-  const float* bias;  // [padded], zeros when the layer has none
+  const float* wt;    // tap k of channel c at wt[k * wt_step + c]
+  index_t wt_step;
+  const float* bias;  // [channels] or null
   const float* hist;  // [width-1, channels]; rows of zeros for a fresh start
   index_t hist_step;
-  index_t channels, padded;
+  index_t channels;
   bool silu;
 };
 
@@ -110,8 +111,8 @@ inline void conv1d_rows(Arch, const conv1d_block& b, index_t t0, index_t t1) {
     auto load = [&](const float* p) {
       return Partial ? simd::detail::load_partial<Arch>(p, nv, 0.f) : batch::load_unaligned(p);
     };
-    batch acc = batch::load_aligned(b.bias + j);
-    for (int k = 0; k < W; ++k) acc = xsimd::fma(batch::load_aligned(b.wt + k * b.padded + j), load(src[k] + j), acc);
+    batch acc = b.bias ? load(b.bias + j) : batch(0.f);
+    for (int k = 0; k < W; ++k) acc = xsimd::fma(load(b.wt + k * b.wt_step + j), load(src[k] + j), acc);
     if (b.silu) acc = simd::silu_batch<Arch>(acc);
     if (Partial) simd::detail::store_partial<Arch>(o + j, acc, nv);
     else acc.store_unaligned(o + j);
@@ -145,7 +146,10 @@ inline void conv1d_validate(const tensor_view<const float, 3>& x, const tensor_v
                             const tensor_view<const float, 1>& bias, const conv1d_state* state,
                             const tensor_view<float, 3>& out) {
   require_layout("x", x);
-  require_layout("weight", weight);
+  // The taps may also come as a view of a [width, channels] buffer (unit
+  // stride on channels): then they are read in place, no per-call transposition.
+  if (!(weight.stride(0) == 1 && weight.dim(1) > 1)) require_layout("weight", weight);
+  else require_layout("weight (transposed view)", weight.permuted({1, 0}));
   require_layout("out", out);
   const index_t batch = x.dim(0), channels = x.dim(2);
   const index_t width = weight.dim(1);
@@ -169,22 +173,24 @@ template <class Arch>
 inline void conv1d_kernel(Arch arch, const tensor_view<const float, 3>& x, const tensor_view<const float, 2>& weight,
                           const tensor_view<const float, 1>& bias, conv1d_state* state, const tensor_view<float, 3>& out,
                           const conv1d_options& opts) {
-  constexpr index_t S = simd::lanes<Arch>;
   const index_t batch = x.dim(0), seq = x.dim(1), channels = x.dim(2), width = weight.dim(1);
   if (batch == 0 || channels == 0 || seq == 0) return;
-  const index_t padded = (channels + S - 1) / S * S, hist_rows = width - 1;
+  const index_t hist_rows = width - 1;
 
-  // Shared, read-only by the workers: transposed taps, padded bias, and the
-  // zero history of a stateless call.
-  const bool fresh = state == nullptr;
-  scratch_frame frame(scratch_frame::bytes_for<float>(padded * width) + scratch_frame::bytes_for<float>(padded) +
+  // Shared, read-only by the workers: the taps by channel (transposed here
+  // unless the caller's view already has unit stride on channels) and the zero
+  // history of a stateless call.
+  const bool fresh = state == nullptr, w_direct = weight.stride(0) == 1;
+  scratch_frame frame((w_direct ? 0 : scratch_frame::bytes_for<float>(channels * width)) +
                       (fresh ? scratch_frame::bytes_for<float>(hist_rows * channels) : 0));
-  float* wt = frame.alloc<float>(padded * width);
-  float* bs = frame.alloc<float>(padded);
+  float* wt = w_direct ? nullptr : frame.alloc<float>(channels * width);
   float* zeros = fresh ? frame.alloc<float>(hist_rows * channels) : nullptr;
-  for (index_t k = 0; k < width; ++k)
-    for (index_t c = 0; c < padded; ++c) wt[k * padded + c] = c < channels ? weight(c, k) : 0.f;
-  for (index_t c = 0; c < padded; ++c) bs[c] = (c < channels && bias.data() != nullptr) ? bias(c) : 0.f;
+  if (!w_direct) {
+    const float* src = weight.data();
+    const index_t s_c = weight.stride(0), s_k = weight.stride(1);
+    for (index_t c = 0; c < channels; ++c)
+      for (index_t k = 0; k < width; ++k) wt[k * channels + c] = src[c * s_c + k * s_k];
+  }
   if (fresh) std::fill(zeros, zeros + hist_rows * channels, 0.f);
 
   auto block_of = [&](index_t bi) {
@@ -193,12 +199,12 @@ inline void conv1d_kernel(Arch arch, const tensor_view<const float, 3>& x, const
     blk.x_step = x.stride(1);
     blk.out = out.ptr(bi, 0, 0);
     blk.out_step = out.stride(1);
-    blk.wt = wt;
-    blk.bias = bs;
+    blk.wt = w_direct ? weight.data() : wt;
+    blk.wt_step = w_direct ? weight.stride(1) : channels;
+    blk.bias = bias.data();
     blk.hist = fresh ? zeros : state->history().ptr(bi, 0, 0);
     blk.hist_step = channels;
     blk.channels = channels;
-    blk.padded = padded;
     blk.silu = opts.silu;
     return blk;
   };

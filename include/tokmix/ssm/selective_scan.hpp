@@ -3,7 +3,10 @@
 // CPU ports of it (mamba_ssm's reference loop, ggml's ssm_scan) compute one
 // scalar expf per (token, channel, state) element, which dominates their time;
 // here the channel axis is the SIMD axis, so exp, softplus, the D skip and the
-// z gate run on whole batches, and each state element's update is one FMA.
+// z gate run on whole batches, and a batch of state elements costs one
+// vectorised exp and two FMAs, with A and h held in registers over a block of
+// tokens. Work items are (sequence, channel range); results do not depend on
+// the thread count.
 //
 // ref: Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State
 //      Spaces" (2023), Algorithm 2 and sec. 3.3; semantics of mamba_ssm
@@ -15,6 +18,9 @@
 //   y[t,d]     = (sum_n C[t,g,n] h_t[d,n] + D[d] u[t,d]) * silu(z[t,d])   (D, z optional)
 //
 // Channel d uses group d / (d_inner / G) of B and C, as grouped heads do.
+// A is mamba's [d_inner, d_state]; a view of a [d_state, d_inner] buffer
+// (strides {1, d_inner}) is read in place instead of transposed per call,
+// which halves a decode step. A, D and delta_bias must be finite.
 
 #include <algorithm>
 #include <cmath>
@@ -69,7 +75,7 @@ class selective_scan_state {
 
   void reset() { h_.setZero(); }
 
-  // Element (b, d, n) is h(b, d, n); the last dimension is not unit-stride.
+  // h()(b, d, n) is h[d, n] of sequence b; the last dimension is not unit-stride.
   //                                                     // [batch, d_inner, d_state]
   tensor_view<float, 3> h() { return as_view(h_).permuted({0, 2, 1}); }
   tensor_view<const float, 3> h() const { return as_view(h_).permuted({0, 2, 1}); }
@@ -83,7 +89,6 @@ class selective_scan_state {
 };
 
 namespace detail {
-
 
 struct selective_scan_args {
   tensor_view<const float, 3> u, delta;  // [batch, seq, d_inner]
@@ -197,9 +202,10 @@ inline void selective_scan_validate(const selective_scan_args& a) {
   if (selective_scan_given(p.delta_bias)) selective_scan_require_finite("delta_bias", p.delta_bias);
 }
 
-// One channel range of one sequence. Per-channel constants are laid out
-// [d_state][lanes-padded channels] so the inner loop over n reads whole
-// batches; pad lanes hold zeros and compute harmless values that are dropped.
+// One channel range of one sequence. A and h are laid out [d_state][channel]
+// (in scratch or where they live) so the loop over n reads whole batches;
+// per-channel constants and the pass buffers are padded to whole batches with
+// zeros, whose lanes compute harmless values that are never stored.
 struct selective_scan_block {
   index_t t0, t1;       // token range
   index_t bi;           // batch index of the inputs
@@ -217,9 +223,10 @@ struct selective_scan_block {
   float* yb;            // [time_block, width]: C . h
 };
 
-// Tokens per pass (the pass buffers, 3 * 16 * chunk floats, stay in L2): the per-token work (softplus, the gate) runs as its own
+// Tokens per pass: the per-token work (softplus, the gate) runs as its own
 // vectorised pass over a block of tokens instead of sitting, with its long
-// latency chain, in front of every state update it feeds.
+// latency chain, in front of every state update it feeds. The three pass
+// buffers (3 * 16 * chunk floats, 48 KiB at 256 channels) stay in L2.
 constexpr index_t selective_scan_time_block = 16;
 
 template <bool Partial, class Arch>
