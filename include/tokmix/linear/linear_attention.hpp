@@ -21,10 +21,13 @@
 // Grouped heads: query head h reads the state of kv head h / (Hq / Hkv); the
 // state exists once per kv head (phi(k) v^T does not depend on the query).
 //
-// Chunked prefill, chunk c of C tokens (rows i, j in the chunk, S0/z0 the state
-// before the chunk, v_aug = [v, 1] so z rides along as S's last column):
-//   O_aug = phi(Q) [S0, z0] + tril(phi(Q) phi(K)^T) V_aug,  then
-//   [S, z] += phi(K)^T V_aug.
+// Chunked prefill, chunk of C tokens (S0/z0 the state before the chunk,
+// A = tril(phi(Q) phi(K)^T), diagonal included):
+//   O   = phi(Q) S0 + A V            (written straight into o)
+//   den = phi(Q) z0 + row sums of A
+//   S  += phi(K)^T V,  z += column sums of phi(K).
+// z is kept apart from S (not as a ones column of V) so the products keep
+// widths of dv: a 65-wide tile wastes a third of a 16-lane micro-kernel.
 //
 // Stabilised positive random features (FAVOR+ with feature_map::stabilize):
 // exp(w.x' - |x'|^2/2) overflows or flushes to 0 for large |x|. Keys are
@@ -54,6 +57,7 @@
 #include "tokmix/simd/arch.hpp"
 #include "tokmix/simd/dot.hpp"
 #include "tokmix/simd/gemm.hpp"
+#include "tokmix/simd/reduce.hpp"
 
 TOKMIX_SIMD_AVX512_WARNINGS_OFF
 namespace tokmix {
@@ -186,32 +190,37 @@ class linear_attention_item {
   linear_attention_item(const linear_attention_args& a, index_t b, index_t g) : a_(a), p_(*a.p), b_(b), g_(g) {
     dk_ = a.q.dim(3);
     dv_ = a.v.dim(3);
-    dva_ = dv_ + 1;
     F_ = feature_map_dim(p_.phi, dk_);
     group_ = a.q.dim(2) / a.k.dim(2);
-    const index_t L = std::max(a.q.dim(1), a.k.dim(1));
-    C_ = a.recurrent ? 1 : std::max<index_t>(1, std::min(p_.chunk_size, L));
+    C_ = chunk(a);
     stab_ = positive_random(p_.phi) && p_.phi.stabilize;
     if (stab_) inv_sqrt_m_ = 1.f / std::sqrt(static_cast<float>(p_.phi.random->n_features()));
+    ldk_ = ld_rows(a.k.stride(1), dk_);
+    ldv_ = ld_rows(a.v.stride(1), dv_);
+    ldq_ = ld_rows(a.q.stride(1), dk_);
+    ldo_ = ld_rows(a.o.stride(1), dv_);
+  }
+
+  static index_t chunk(const linear_attention_args& a) {
+    const index_t L = std::max(a.q.dim(1), a.k.dim(1));
+    return a.recurrent ? 1 : std::max<index_t>(1, std::min(a.p->chunk_size, L));
   }
 
   static std::size_t scratch_bytes(const linear_attention_args& a) {
-    const index_t dk = a.q.dim(3), dva = a.v.dim(3) + 1, F = feature_map_dim(a.p->phi, dk);
-    const index_t L = std::max(a.q.dim(1), a.k.dim(1));
-    const index_t C = a.recurrent ? 1 : std::max<index_t>(1, std::min(a.p->chunk_size, L));
+    const index_t dk = a.q.dim(3), dv = a.v.dim(3), F = feature_map_dim(a.p->phi, dk), C = chunk(a);
     using sf = scratch_frame;
-    return sf::bytes_for<float>(F * dva) + 2 * sf::bytes_for<float>(C * F) + sf::bytes_for<float>(C * C) +
-           2 * sf::bytes_for<float>(C * dva) + sf::bytes_for<float>(dk);
+    return sf::bytes_for<float>(F * dv) + sf::bytes_for<float>(F) + 2 * sf::bytes_for<float>(C * F) +
+           sf::bytes_for<float>(C * C) + sf::bytes_for<float>(C) + sf::bytes_for<float>(dk);
   }
 
   void run() {
     scratch_frame frame(scratch_bytes(a_));
-    s_ = frame.alloc<float>(F_ * dva_);
+    s_ = frame.alloc<float>(F_ * dv_);
+    z_ = frame.alloc<float>(F_);
     phik_ = frame.alloc<float>(C_ * F_);
     phiq_ = frame.alloc<float>(C_ * F_);
     att_ = frame.alloc<float>(C_ * C_);
-    vaug_ = frame.alloc<float>(C_ * dva_);
-    oaug_ = frame.alloc<float>(C_ * dva_);
+    den_ = frame.alloc<float>(C_);
     tmp_ = frame.alloc<float>(dk_);
     load_state();
     if (a_.state) {
@@ -220,12 +229,14 @@ class linear_attention_item {
         const index_t n = std::min(C_, L - t0);
         keys(t0, n);
         if (a_.recurrent) {
-          // S += phi(k_t) [v_t, 1]^T, then read with the query (inclusive).
-          for (index_t f = 0; f < F_; ++f) simd::detail::axpy_kernel(simd::default_arch{}, phik_[f], vaug_, s_ + f * dva_, dva_);
+          // S += phi(k_t) v_t^T, z += phi(k_t); then read with the query (inclusive).
+          const float* vr = a_.v.ptr(b_, t0, g_);
+          for (index_t f = 0; f < F_; ++f) simd::detail::axpy_kernel(simd::default_arch{}, phik_[f], vr, s_ + f * dv_, dv_);
+          simd::detail::axpy_kernel(simd::default_arch{}, 1.f, phik_, z_, F_);
           for (index_t r = 0; r < group_; ++r) queries(t0, 1, r, false);
         } else {
           for (index_t r = 0; r < group_; ++r) queries(t0, n, r, true);
-          simd::gemm_tn(F_, dva_, n, 1.f, phik_, F_, vaug_, dva_, 1.f, s_, dva_);
+          update_state(t0, n);
         }
       }
       store_state();
@@ -234,7 +245,7 @@ class linear_attention_item {
       for (index_t t0 = 0; t0 < Lk; t0 += C_) {
         const index_t n = std::min(C_, Lk - t0);
         keys(t0, n);
-        simd::gemm_tn(F_, dva_, n, 1.f, phik_, F_, vaug_, dva_, 1.f, s_, dva_);
+        update_state(t0, n);
       }
       for (index_t t0 = 0; t0 < Lq; t0 += C_)
         for (index_t r = 0; r < group_; ++r) queries(t0, std::min(C_, Lq - t0), r, false);
@@ -245,21 +256,22 @@ class linear_attention_item {
   void load_state() {
     empty_ = true;
     shift_ = 0.f;
+    std::fill(z_, z_ + F_, 0.f);
     if (!a_.state) {
-      std::fill(s_, s_ + F_ * dva_, 0.f);
+      std::fill(s_, s_ + F_ * dv_, 0.f);
       return;
     }
     const auto S = a_.state->S();
     const auto z = a_.state->z();
     for (index_t f = 0; f < F_; ++f) {
       const float* sr = S.ptr(b_, g_, f);
-      float* d = s_ + f * dva_;
+      float* d = s_ + f * dv_;
       for (index_t j = 0; j < dv_; ++j) {
         d[j] = sr[j];
         empty_ = empty_ && sr[j] == 0.f;
       }
-      d[dv_] = z(b_, g_, f);
-      empty_ = empty_ && d[dv_] == 0.f;
+      z_[f] = z(b_, g_, f);
+      empty_ = empty_ && z_[f] == 0.f;
     }
     shift_ = a_.state->key_shift()(b_, g_);
   }
@@ -268,85 +280,97 @@ class linear_attention_item {
     auto S = a_.state->S();
     auto z = a_.state->z();
     for (index_t f = 0; f < F_; ++f) {
-      const float* d = s_ + f * dva_;
-      std::copy(d, d + dv_, S.ptr(b_, g_, f));
-      z(b_, g_, f) = d[dv_];
+      std::copy(s_ + f * dv_, s_ + (f + 1) * dv_, S.ptr(b_, g_, f));
+      z(b_, g_, f) = z_[f];
     }
     a_.state->key_shift()(b_, g_) = shift_;
   }
 
-  // phi(K) and V_aug of tokens [t0, t0 + n); moves the key shift if needed.
+  // S += phi(K)^T V, z += column sums of phi(K), for the keys last loaded.
+  void update_state(index_t t0, index_t n) {
+    simd::gemm_tn(F_, dv_, n, 1.f, phik_, F_, a_.v.ptr(b_, t0, g_), ldv_, 1.f, s_, dv_);
+    for (index_t i = 0; i < n; ++i) simd::detail::axpy_kernel(simd::default_arch{}, 1.f, phik_ + i * F_, z_, F_);
+  }
+
+  // phi(K) of tokens [t0, t0 + n); moves the key shift if needed.
   void keys(index_t t0, index_t n) {
     const float* kp = a_.k.ptr(b_, t0, g_);
-    const index_t ldk = ld_rows(a_.k.stride(1), dk_);
     if (stab_) {
-      positive_logits(p_.phi, dk_, kp, ldk, n, phik_, F_);
+      positive_logits(p_.phi, dk_, kp, ldk_, n, phik_, F_);
       const float mx = row_max(phik_, n * F_);
       const float c_new = empty_ ? mx : std::max(shift_, mx);
-      if (!empty_ && c_new > shift_)
-        simd::detail::scale_kernel(simd::default_arch{}, std::exp(shift_ - c_new), s_, F_ * dva_);
+      if (!empty_ && c_new > shift_) {
+        const float r = std::exp(shift_ - c_new);
+        simd::detail::scale_kernel(simd::default_arch{}, r, s_, F_ * dv_);
+        simd::detail::scale_kernel(simd::default_arch{}, r, z_, F_);
+      }
       shift_ = c_new;
       for (index_t i = 0; i < n; ++i) exp_shifted_row(simd::default_arch{}, phik_ + i * F_, F_, shift_, inv_sqrt_m_);
     } else {
-      feature_rows(p_.phi, dk_, kp, ldk, n, phik_, F_, tmp_);
-    }
-    for (index_t i = 0; i < n; ++i) {
-      const float* vr = a_.v.ptr(b_, t0 + i, g_);
-      std::copy(vr, vr + dv_, vaug_ + i * dva_);
-      vaug_[i * dva_ + dv_] = 1.f;
+      feature_rows(p_.phi, dk_, kp, ldk_, n, phik_, F_, tmp_);
     }
     if (n > 0) empty_ = false;
   }
 
-  // Outputs of query head g*group + r for tokens [t0, t0 + n). causal_chunk:
-  // add the intra-chunk masked product against the keys last loaded.
+  // Outputs of query head g*group + r for tokens [t0, t0 + n), written in
+  // place into o and then scaled. causal_chunk: add the intra-chunk masked
+  // product against the keys last loaded.
   void queries(index_t t0, index_t n, index_t r, bool causal_chunk) {
     const index_t h = g_ * group_ + r;
     const float* qp = a_.q.ptr(b_, t0, h);
-    const index_t ldq = ld_rows(a_.q.stride(1), dk_);
-    const bool shift_rows = stab_ && p_.normalize;
+    float* op = a_.o.ptr(b_, t0, h);
+    const bool norm = p_.normalize;
     if (stab_) {
-      positive_logits(p_.phi, dk_, qp, ldq, n, phiq_, F_);
+      positive_logits(p_.phi, dk_, qp, ldq_, n, phiq_, F_);
       for (index_t i = 0; i < n; ++i) {
         float* row = phiq_ + i * F_;
-        exp_shifted_row(simd::default_arch{}, row, F_, shift_rows ? row_max(row, F_) : 0.f, inv_sqrt_m_);
+        exp_shifted_row(simd::default_arch{}, row, F_, norm ? row_max(row, F_) : 0.f, inv_sqrt_m_);
       }
     } else {
-      feature_rows(p_.phi, dk_, qp, ldq, n, phiq_, F_, tmp_);
+      feature_rows(p_.phi, dk_, qp, ldq_, n, phiq_, F_, tmp_);
     }
+    const auto arch = simd::default_arch{};
     if (n == 1) {
       // GEMV: rows of S weighted by phi(q) (also the recurrent step's read).
-      std::fill(oaug_, oaug_ + dva_, 0.f);
-      for (index_t f = 0; f < F_; ++f) simd::detail::axpy_kernel(simd::default_arch{}, phiq_[f], s_ + f * dva_, oaug_, dva_);
-      if (causal_chunk) simd::detail::axpy_kernel(simd::default_arch{}, simd::dot(phiq_, phik_, F_), vaug_, oaug_, dva_);
+      std::fill(op, op + dv_, 0.f);
+      for (index_t f = 0; f < F_; ++f) simd::detail::axpy_kernel(arch, phiq_[f], s_ + f * dv_, op, dv_);
+      if (norm) den_[0] = simd::detail::dot_kernel(arch, phiq_, z_, F_);
+      if (causal_chunk) {
+        const float w = simd::detail::dot_kernel(arch, phiq_, phik_, F_);
+        simd::detail::axpy_kernel(arch, w, a_.v.ptr(b_, t0, g_), op, dv_);
+        den_[0] += w;
+      }
     } else {
-      simd::gemm_nn(n, dva_, F_, 1.f, phiq_, F_, s_, dva_, 0.f, oaug_, dva_);
+      simd::gemm_nn(n, dv_, F_, 1.f, phiq_, F_, s_, dv_, 0.f, op, ldo_);
+      if (norm) simd::gemm_nn(n, 1, F_, 1.f, phiq_, F_, z_, 1, 0.f, den_, 1);
       if (causal_chunk) {
         simd::gemm_nt(n, n, F_, 1.f, phiq_, F_, phik_, F_, 0.f, att_, n);
-        for (index_t i = 0; i < n; ++i) std::fill(att_ + i * n + i + 1, att_ + (i + 1) * n, 0.f);
-        simd::gemm_nn(n, dva_, n, 1.f, att_, n, vaug_, dva_, 1.f, oaug_, dva_);
+        for (index_t i = 0; i < n; ++i) {
+          float* ai = att_ + i * n;
+          std::fill(ai + i + 1, ai + n, 0.f);
+          if (norm) den_[i] += simd::detail::reduce_sum_kernel(arch, ai, i + 1);
+        }
+        simd::gemm_nn(n, dv_, n, 1.f, att_, n, a_.v.ptr(b_, t0, g_), ldv_, 1.f, op, ldo_);
       }
     }
-    const float out_mult = !p_.normalize && stab_ ? std::exp(shift_) : 1.f;
+    const float out_mult = !norm && stab_ ? std::exp(shift_) : 1.f;
     for (index_t i = 0; i < n; ++i) {
-      const float* src = oaug_ + i * dva_;
-      float* dst = a_.o.ptr(b_, t0 + i, h);
       float mult = out_mult;
-      if (p_.normalize) {
-        const float den = src[dv_] + p_.eps;
+      if (norm) {
+        const float den = den_[i] + p_.eps;
         mult = den == 0.f ? 0.f : 1.f / den;
       }
-      simd::detail::scale_add_kernel(simd::default_arch{}, 0.f, dst, mult, src, dv_);
+      if (mult != 1.f) simd::detail::scale_kernel(arch, mult, op + i * ldo_, dv_);
     }
   }
 
   const linear_attention_args& a_;
   const linear_attention_params& p_;
   index_t b_, g_;
-  index_t dk_ = 0, dv_ = 0, dva_ = 0, F_ = 0, group_ = 1, C_ = 1;
+  index_t dk_ = 0, dv_ = 0, F_ = 0, group_ = 1, C_ = 1, ldk_ = 1, ldv_ = 1, ldq_ = 1, ldo_ = 1;
   bool stab_ = false, empty_ = true;
   float inv_sqrt_m_ = 1.f, shift_ = 0.f;
-  float *s_ = nullptr, *phik_ = nullptr, *phiq_ = nullptr, *att_ = nullptr, *vaug_ = nullptr, *oaug_ = nullptr,
+  float *s_ = nullptr, *z_ = nullptr, *phik_ = nullptr, *phiq_ = nullptr, *att_ = nullptr, *den_ = nullptr,
         *tmp_ = nullptr;
 };
 
