@@ -170,17 +170,24 @@ void bm_conv1d(benchmark::State& state, index_t channels, index_t width, index_t
   tokmix_bench::set_gbps(state, 2.0 * static_cast<double>(x.size() * sizeof(float)), threads);
 }
 
-void bm_conv1d_step(benchmark::State& state, index_t channels, index_t width) {
+// One iteration = one token. w_by_channel: taps as a view of a [width,
+// channels] buffer, read in place (otherwise transposed on every call).
+void bm_conv1d_step(benchmark::State& state, index_t channels, index_t width, bool w_by_channel) {
   const auto x = uniform(static_cast<std::size_t>(channels), 21, -2.f, 2.f);
   const auto w = uniform(static_cast<std::size_t>(channels * width), 22, -1.f, 1.f);
   const auto bias = uniform(static_cast<std::size_t>(channels), 23, -1.f, 1.f);
-  std::vector<float> out(x.size());
+  std::vector<float> out(x.size()), w_t(w.size());
+  for (index_t c = 0; c < channels; ++c)
+    for (index_t k = 0; k < width; ++k)
+      w_t[static_cast<std::size_t>(k * channels + c)] = w[static_cast<std::size_t>(c * width + k)];
+  const tokmix::tensor_view<const float, 2> wv =
+      w_by_channel ? tokmix::tensor_view<const float, 2>(w_t.data(), {channels, width}, {1, channels})
+                   : tokmix::tensor_view<const float, 2>(w.data(), {channels, width});
   tokmix::conv1d_state st(1, channels, width);
   tokmix::conv1d_options opts;
   opts.silu = true;
   for (auto _ : state) {
-    tokmix::conv1d_step(tokmix::tensor_view<const float, 2>(x.data(), {1, channels}),
-                        tokmix::tensor_view<const float, 2>(w.data(), {channels, width}),
+    tokmix::conv1d_step(tokmix::tensor_view<const float, 2>(x.data(), {1, channels}), wv,
                         tokmix::tensor_view<const float, 1>(bias.data(), {channels}), st,
                         tokmix::tensor_view<float, 2>(out.data(), {1, channels}), opts);
     benchmark::DoNotOptimize(out.data());
@@ -212,7 +219,8 @@ const bool registered = [] {
     for (int threads : {1, 2}) reg(conv + std::to_string(threads) + "/tokmix", bm_conv1d, d_inner, 4, L, threads, false);
     reg(conv + "1/naive", bm_conv1d, d_inner, 4, L, 1, true);
   }
-  reg("conv1d_step/d_inner:1536/width:4/B:1/threads:1/tokmix", bm_conv1d_step, d_inner, 4);
+  reg("conv1d_step/d_inner:1536/width:4/B:1/w:mamba/threads:1/tokmix", bm_conv1d_step, d_inner, 4, false);
+  reg("conv1d_step/d_inner:1536/width:4/B:1/w:by_channel/threads:1/tokmix", bm_conv1d_step, d_inner, 4, true);
   return true;
 }();
 
