@@ -398,3 +398,25 @@ TEST_CASE("flash_attention: bad inputs throw before writing", "[attention][flash
   tokmix::flash_attention(qv, kv, vv, ov, lv, p);  // and the good call works
   for (float x : o) REQUIRE(x == Approx(0.5f));
 }
+
+TEST_CASE("flash kernel exp2 on non-positive inputs", "[attention][flash]") {
+  using arch = xsimd::default_arch;
+  using batch = xsimd::batch<float, arch>;
+  constexpr std::size_t W = batch::size;
+  double worst = 0;
+  alignas(64) float in[W], out[W];
+  for (int i = 0; i <= 126 * 4096; i += static_cast<int>(W)) {
+    for (std::size_t l = 0; l < W; ++l) in[l] = -static_cast<float>(i + static_cast<int>(l)) / 4096.f;
+    tokmix::detail::flash::exp2_nonpositive<arch>(batch::load_aligned(in)).store_aligned(out);
+    for (std::size_t l = 0; l < W; ++l)
+      if (in[l] >= -125.f) worst = std::max(worst, std::abs(out[l] / std::exp2(double(in[l])) - 1.0));
+  }
+  INFO("max relative error " << worst);
+  REQUIRE(worst < 3e-7);
+  const float edge[] = {-std::numeric_limits<float>::infinity(), -1e30f, -200.f, -126.25f, 0.f};
+  for (float x : edge) {
+    tokmix::detail::flash::exp2_nonpositive<arch>(batch(x)).store_aligned(out);
+    if (x < -126.f) REQUIRE(out[0] == 0.f);
+    else REQUIRE(out[0] == 1.f);
+  }
+}
