@@ -9,7 +9,9 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include "tokmix/core/element.hpp"
 #include "tokmix/core/tensor_view.hpp"
+#include "tokmix/simd/convert.hpp"
 
 namespace tokmix {
 namespace detail {
@@ -34,12 +36,28 @@ inline const int* haddp_lane_of() {
   return t.lane;
 }
 
+// One batch of K/V elements widened to fp32 in registers: 16-bit caches are
+// never expanded into a buffer, so they cost half the memory traffic and no
+// extra stores.
+template <class Arch>
+inline xsimd::batch<float, Arch> decode_load(const float* p) {
+  return xsimd::batch<float, Arch>::load_unaligned(p);
+}
+template <class Arch>
+inline xsimd::batch<float, Arch> decode_load(const Eigen::half* p) {
+  return simd::detail::half_bits_to_float<Arch>(simd::detail::load_u16<Arch>(p));
+}
+template <class Arch>
+inline xsimd::batch<float, Arch> decode_load(const Eigen::bfloat16* p) {
+  return simd::detail::bf16_bits_to_float<Arch>(simd::detail::load_u16<Arch>(p));
+}
+
 // s[r * lds + j] = sum_d q[r * ldq + d] * k[j * ldk + d] for MR rows x NK
 // keys: every loaded K vector feeds MR FMAs, and the MR*NK <= lanes
 // accumulators are folded by one haddp (a transpose-and-add tree) instead of
 // one horizontal sum each, which would cost as much as the FMAs.
-template <class Arch, int MR, int NK>
-inline void decode_scores_block(const float* q, index_t ldq, const float* k, index_t ldk, index_t d, float* s,
+template <class Arch, int MR, int NK, class T>
+inline void decode_scores_block(const float* q, index_t ldq, const T* k, index_t ldk, index_t d, float* s,
                                 index_t lds) {
   using b = xsimd::batch<float, Arch>;
   constexpr index_t w = static_cast<index_t>(b::size);
@@ -49,7 +67,7 @@ inline void decode_scores_block(const float* q, index_t ldq, const float* k, ind
   index_t e = 0;
   for (; e + w <= d; e += w) {
     b kv[NK];
-    for (int j = 0; j < NK; ++j) kv[j] = b::load_unaligned(k + j * ldk + e);
+    for (int j = 0; j < NK; ++j) kv[j] = decode_load<Arch>(k + j * ldk + e);
     for (int r = 0; r < MR; ++r) {
       const b qv = b::load_unaligned(q + r * ldq + e);
       for (int j = 0; j < NK; ++j) acc[r * NK + j] = xsimd::fma(qv, kv[j], acc[r * NK + j]);
@@ -61,39 +79,39 @@ inline void decode_scores_block(const float* q, index_t ldq, const float* k, ind
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < NK; ++j) {
       float t = sums[lane[r * NK + j]];
-      for (index_t f = e; f < d; ++f) t += q[r * ldq + f] * k[j * ldk + f];
+      for (index_t f = e; f < d; ++f) t += q[r * ldq + f] * to_float(k[j * ldk + f]);
       s[r * lds + j] = t;
     }
 }
 
 // All rows x n keys; rows in blocks of up to 4, as many keys per block as
 // leave the accumulators within one haddp, single keys for the tail.
-template <class Arch, int MR>
-inline void decode_scores_rows(const float* q, index_t ldq, const float* k, index_t ldk, index_t n, index_t d,
+template <class Arch, int MR, class T>
+inline void decode_scores_rows(const float* q, index_t ldq, const T* k, index_t ldk, index_t n, index_t d,
                                float* s, index_t lds) {
   constexpr int NK = static_cast<int>(xsimd::batch<float, Arch>::size) / MR;
   index_t j = 0;
-  for (; j + NK <= n; j += NK) decode_scores_block<Arch, MR, NK>(q, ldq, k + j * ldk, ldk, d, s + j, lds);
-  for (; j < n; ++j) decode_scores_block<Arch, MR, 1>(q, ldq, k + j * ldk, ldk, d, s + j, lds);
+  for (; j + NK <= n; j += NK) decode_scores_block<Arch, MR, NK, T>(q, ldq, k + j * ldk, ldk, d, s + j, lds);
+  for (; j < n; ++j) decode_scores_block<Arch, MR, 1, T>(q, ldq, k + j * ldk, ldk, d, s + j, lds);
 }
 
-template <class Arch>
-inline void decode_scores(Arch, const float* q, index_t ldq, index_t rows, const float* k, index_t ldk, index_t n,
+template <class Arch, class T>
+inline void decode_scores(Arch, const float* q, index_t ldq, index_t rows, const T* k, index_t ldk, index_t n,
                           index_t d, float* s, index_t lds) {
   index_t r = 0;
-  for (; r + 4 <= rows; r += 4) decode_scores_rows<Arch, 4>(q + r * ldq, ldq, k, ldk, n, d, s + r * lds, lds);
+  for (; r + 4 <= rows; r += 4) decode_scores_rows<Arch, 4, T>(q + r * ldq, ldq, k, ldk, n, d, s + r * lds, lds);
   switch (rows - r) {
-    case 3: decode_scores_rows<Arch, 3>(q + r * ldq, ldq, k, ldk, n, d, s + r * lds, lds); break;
-    case 2: decode_scores_rows<Arch, 2>(q + r * ldq, ldq, k, ldk, n, d, s + r * lds, lds); break;
-    case 1: decode_scores_rows<Arch, 1>(q + r * ldq, ldq, k, ldk, n, d, s + r * lds, lds); break;
+    case 3: decode_scores_rows<Arch, 3, T>(q + r * ldq, ldq, k, ldk, n, d, s + r * lds, lds); break;
+    case 2: decode_scores_rows<Arch, 2, T>(q + r * ldq, ldq, k, ldk, n, d, s + r * lds, lds); break;
+    case 1: decode_scores_rows<Arch, 1, T>(q + r * ldq, ldq, k, ldk, n, d, s + r * lds, lds); break;
     default: break;
   }
 }
 
 // o[r * ldo + c] += sum_j p[r * ldp + j] * v[j * ldv + c] for c in [c0, c0 + NB*lanes):
 // MR x NB accumulators live across the whole key loop.
-template <class Arch, int MR, int NB>
-inline void decode_pv_block(const float* p, index_t ldp, const float* v, index_t ldv, index_t n, float* o,
+template <class Arch, int MR, int NB, class T>
+inline void decode_pv_block(const float* p, index_t ldp, const T* v, index_t ldv, index_t n, float* o,
                             index_t ldo) {
   using b = xsimd::batch<float, Arch>;
   constexpr index_t w = static_cast<index_t>(b::size);
@@ -102,7 +120,7 @@ inline void decode_pv_block(const float* p, index_t ldp, const float* v, index_t
     for (int c = 0; c < NB; ++c) acc[r][c] = b::load_unaligned(o + r * ldo + c * w);
   for (index_t j = 0; j < n; ++j) {
     b vv[NB];
-    for (int c = 0; c < NB; ++c) vv[c] = b::load_unaligned(v + j * ldv + c * w);
+    for (int c = 0; c < NB; ++c) vv[c] = decode_load<Arch>(v + j * ldv + c * w);
     for (int r = 0; r < MR; ++r) {
       const b pr(p[r * ldp + j]);
       for (int c = 0; c < NB; ++c) acc[r][c] = xsimd::fma(pr, vv[c], acc[r][c]);
@@ -112,34 +130,34 @@ inline void decode_pv_block(const float* p, index_t ldp, const float* v, index_t
     for (int c = 0; c < NB; ++c) acc[r][c].store_unaligned(o + r * ldo + c * w);
 }
 
-template <class Arch, int MR>
-inline void decode_pv_rows(const float* p, index_t ldp, const float* v, index_t ldv, index_t n, index_t dv, float* o,
+template <class Arch, int MR, class T>
+inline void decode_pv_rows(const float* p, index_t ldp, const T* v, index_t ldv, index_t n, index_t dv, float* o,
                            index_t ldo) {
   constexpr index_t w = static_cast<index_t>(xsimd::batch<float, Arch>::size);
   // 4 x 4 accumulators fit AVX-512's 32 registers; 4 x 2 fit AVX2's 16.
   constexpr int NB = w >= 16 ? 4 : 2;
   index_t c = 0;
-  for (; c + NB * w <= dv; c += NB * w) decode_pv_block<Arch, MR, NB>(p, ldp, v + c, ldv, n, o + c, ldo);
-  for (; c + 2 * w <= dv; c += 2 * w) decode_pv_block<Arch, MR, 2>(p, ldp, v + c, ldv, n, o + c, ldo);
-  for (; c + w <= dv; c += w) decode_pv_block<Arch, MR, 1>(p, ldp, v + c, ldv, n, o + c, ldo);
+  for (; c + NB * w <= dv; c += NB * w) decode_pv_block<Arch, MR, NB, T>(p, ldp, v + c, ldv, n, o + c, ldo);
+  for (; c + 2 * w <= dv; c += 2 * w) decode_pv_block<Arch, MR, 2, T>(p, ldp, v + c, ldv, n, o + c, ldo);
+  for (; c + w <= dv; c += w) decode_pv_block<Arch, MR, 1, T>(p, ldp, v + c, ldv, n, o + c, ldo);
   for (; c < dv; ++c)
     for (int r = 0; r < MR; ++r) {
       float t = o[r * ldo + c];
-      for (index_t j = 0; j < n; ++j) t += p[r * ldp + j] * v[j * ldv + c];
+      for (index_t j = 0; j < n; ++j) t += p[r * ldp + j] * to_float(v[j * ldv + c]);
       o[r * ldo + c] = t;
     }
 }
 
 // o[rows, dv] += p[rows, n] v[n, dv]
-template <class Arch>
-inline void decode_pv(Arch, const float* p, index_t ldp, index_t rows, const float* v, index_t ldv, index_t n,
+template <class Arch, class T>
+inline void decode_pv(Arch, const float* p, index_t ldp, index_t rows, const T* v, index_t ldv, index_t n,
                       index_t dv, float* o, index_t ldo) {
   index_t r = 0;
-  for (; r + 4 <= rows; r += 4) decode_pv_rows<Arch, 4>(p + r * ldp, ldp, v, ldv, n, dv, o + r * ldo, ldo);
+  for (; r + 4 <= rows; r += 4) decode_pv_rows<Arch, 4, T>(p + r * ldp, ldp, v, ldv, n, dv, o + r * ldo, ldo);
   switch (rows - r) {
-    case 3: decode_pv_rows<Arch, 3>(p + r * ldp, ldp, v, ldv, n, dv, o + r * ldo, ldo); break;
-    case 2: decode_pv_rows<Arch, 2>(p + r * ldp, ldp, v, ldv, n, dv, o + r * ldo, ldo); break;
-    case 1: decode_pv_rows<Arch, 1>(p + r * ldp, ldp, v, ldv, n, dv, o + r * ldo, ldo); break;
+    case 3: decode_pv_rows<Arch, 3, T>(p + r * ldp, ldp, v, ldv, n, dv, o + r * ldo, ldo); break;
+    case 2: decode_pv_rows<Arch, 2, T>(p + r * ldp, ldp, v, ldv, n, dv, o + r * ldo, ldo); break;
+    case 1: decode_pv_rows<Arch, 1, T>(p + r * ldp, ldp, v, ldv, n, dv, o + r * ldo, ldo); break;
     default: break;
   }
 }
