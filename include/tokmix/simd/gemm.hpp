@@ -310,6 +310,58 @@ inline void gemm_nt_dot(index_t m, index_t n, index_t k, const float* a, index_t
   }
 }
 
+// k == 0 or alpha == 0: C = beta*C, with beta == 0 writing zeros without reading.
+inline void gemm_scale_c(index_t m, index_t n, float beta, float* c, index_t ldc) {
+  for (index_t i = 0; i < m; ++i) {
+    float* ci = c + i * ldc;
+    if (beta == 0.f) std::fill(ci, ci + n, 0.f);
+    else if (beta != 1.f)
+      for (index_t j = 0; j < n; ++j) ci[j] *= beta;
+  }
+}
+
+// One row of A times B[k, n] (decode P V): B is read once, so the order of
+// that read is what counts. Streaming four whole B rows at a time while the C
+// row accumulates in L1 keeps every B access sequential; register tiles would
+// walk B in narrow column strips instead.
+template <class Arch, bool ATrans>
+inline void gemm_row_stream(index_t n, index_t k, float alpha, const float* a, index_t lda, const float* b,
+                            index_t ldb, float beta, float* c) {
+  using batch = xsimd::batch<float, Arch>;
+  constexpr index_t lanes = static_cast<index_t>(batch::size);
+  const index_t nv = n / lanes * lanes;
+  const index_t stride_a = ATrans ? lda : 1;
+  gemm_scale_c(1, n, beta, c, n);
+  index_t p = 0;
+  for (; p + 4 <= k; p += 4) {
+    const float* b0 = b + p * ldb;
+    const float* b1 = b0 + ldb;
+    const float* b2 = b1 + ldb;
+    const float* b3 = b2 + ldb;
+    const float s0 = alpha * a[p * stride_a], s1 = alpha * a[(p + 1) * stride_a];
+    const float s2 = alpha * a[(p + 2) * stride_a], s3 = alpha * a[(p + 3) * stride_a];
+    const batch v0(s0), v1(s1), v2(s2), v3(s3);
+    index_t j = 0;
+    for (; j < nv; j += lanes) {
+      batch acc = batch::load_unaligned(c + j);
+      acc = xsimd::fma(v0, batch::load_unaligned(b0 + j), acc);
+      acc = xsimd::fma(v1, batch::load_unaligned(b1 + j), acc);
+      acc = xsimd::fma(v2, batch::load_unaligned(b2 + j), acc);
+      acc = xsimd::fma(v3, batch::load_unaligned(b3 + j), acc);
+      acc.store_unaligned(c + j);
+    }
+    for (; j < n; ++j) c[j] += s0 * b0[j] + s1 * b1[j] + s2 * b2[j] + s3 * b3[j];
+  }
+  for (; p < k; ++p) {
+    const float* bp = b + p * ldb;
+    const float s = alpha * a[p * stride_a];
+    const batch v(s);
+    index_t j = 0;
+    for (; j < nv; j += lanes) xsimd::fma(v, batch::load_unaligned(bp + j), batch::load_unaligned(c + j)).store_unaligned(c + j);
+    for (; j < n; ++j) c[j] += s * bp[j];
+  }
+}
+
 // C = beta*C + alpha*A*B for the nn and tn layouts and, after packing, nt.
 template <class Arch, gemm_op Op>
 void gemm_kernel(Arch, index_t m, index_t n, index_t k, float alpha, const float* a, index_t lda, const float* b,
@@ -321,6 +373,10 @@ void gemm_kernel(Arch, index_t m, index_t n, index_t k, float alpha, const float
 
   if (b_trans && m <= gemm_nt_dot_rows_max) {
     gemm_nt_dot<Arch>(m, n, k, a, lda, b, ldb, c, ldc, alpha, beta);
+    return;
+  }
+  if (!b_trans && m == 1) {
+    gemm_row_stream<Arch, a_trans>(n, k, alpha, a, lda, b, ldb, beta, c);
     return;
   }
 
@@ -373,16 +429,6 @@ void gemm_kernel(Arch, index_t m, index_t n, index_t k, float alpha, const float
         }
       }
     }
-  }
-}
-
-// k == 0 or alpha == 0: C = beta*C, with beta == 0 writing zeros without reading.
-inline void gemm_scale_c(index_t m, index_t n, float beta, float* c, index_t ldc) {
-  for (index_t i = 0; i < m; ++i) {
-    float* ci = c + i * ldc;
-    if (beta == 0.f) std::fill(ci, ci + n, 0.f);
-    else if (beta != 1.f)
-      for (index_t j = 0; j < n; ++j) ci[j] *= beta;
   }
 }
 
