@@ -142,6 +142,75 @@ TEST_CASE("conv1d: taps as a view of a [width, channels] buffer give the same bi
   }
 }
 
+TEST_CASE("conv1d: packed variable-length batches, empty sequences included", "[ssm][conv1d]") {
+  const std::vector<std::int32_t> cu = {0, 0, 3, 4, 4, 70, 72};
+  const std::size_t total = 72, channels = 21, width = 4, n_seqs = cu.size() - 1;
+  const auto xv = random_floats(total * channels, 51, -2.f, 2.f);
+  const auto wv = random_floats(channels * width, 52);
+  const auto bv = random_floats(channels, 53);
+  const auto hv = random_floats(n_seqs * (width - 1) * channels, 54);
+  tensor_view<const float, 3> x(xv.data(), {1, index_t(total), index_t(channels)});
+  tensor_view<const float, 2> w(wv.data(), {index_t(channels), index_t(width)});
+  tensor_view<const float, 1> b(bv.data(), {index_t(channels)});
+  conv1d_options opts;
+  opts.silu = true;
+  opts.cu_seqlens = tensor_view<const std::int32_t, 1>(cu.data(), {index_t(cu.size())});
+  opts.policy = exec_policy::threads(2);
+  conv1d_state packed(n_seqs, channels, width);
+  std::memcpy(packed.history().data(), hv.data(), hv.size() * sizeof(float));
+  std::vector<float> y(xv.size()), y_free(xv.size());
+  conv1d_prefill(x, w, b, packed, tensor_view<float, 3>(y.data(), x.dims()), opts);
+  conv1d(x, w, b, tensor_view<float, 3>(y_free.data(), x.dims()), opts);
+
+  const std::size_t hn = (width - 1) * channels;
+  for (std::size_t s = 0; s < n_seqs; ++s) {
+    INFO("sequence " << s);
+    const std::size_t t0 = cu[s], len = cu[s + 1] - cu[s];
+    const std::vector<float> xs(xv.begin() + t0 * channels, xv.begin() + (t0 + len) * channels);
+    // Alone, from its own state: the same bits.
+    conv1d_state alone(1, channels, width);
+    std::memcpy(alone.history().data(), hv.data() + s * hn, hn * sizeof(float));
+    std::vector<float> ya(xs.size()), ya_free(xs.size());
+    conv1d_options one;
+    one.silu = true;
+    tensor_view<const float, 3> xsv(xs.data(), {1, index_t(len), index_t(channels)});
+    conv1d_prefill(xsv, w, b, alone, tensor_view<float, 3>(ya.data(), xsv.dims()), one);
+    conv1d(xsv, w, b, tensor_view<float, 3>(ya_free.data(), xsv.dims()), one);
+    REQUIRE(std::equal(ya.begin(), ya.end(), y.begin() + t0 * channels));
+    REQUIRE(std::equal(ya_free.begin(), ya_free.end(), y_free.begin() + t0 * channels));
+    REQUIRE(std::memcmp(alone.history().data(), packed.history().data() + s * hn, hn * sizeof(float)) == 0);
+    // And the float64 reference.
+    std::vector<double> ref_hist(hv.begin() + s * hn, hv.begin() + (s + 1) * hn), ref_out;
+    tokmix_test::ssm_ref::conv1d(xs, 1, len, channels, wv, width, bv, true, ref_hist, ref_out);
+    if (len > 0) TOKMIX_REQUIRE_CLOSE(ya.data(), ref_out.data(), ref_out.size(), 1e-5, 1e-5);
+  }
+
+  // Bad packings throw and write nothing.
+  std::vector<float> y_bad(xv.size(), 42.f);
+  conv1d_state before = packed;
+  const std::vector<std::int32_t> short_cu = {0, 3, 71}, down = {0, 5, 4, 72};
+  conv1d_options bad = opts;
+  bad.cu_seqlens = tensor_view<const std::int32_t, 1>(short_cu.data(), {3});
+  conv1d_state two(2, channels, width);
+  CHECK_THROWS_AS(conv1d_prefill(x, w, b, two, tensor_view<float, 3>(y_bad.data(), x.dims()), bad), argument_error);
+  bad.cu_seqlens = tensor_view<const std::int32_t, 1>(down.data(), {4});
+  conv1d_state three(3, channels, width);
+  CHECK_THROWS_AS(conv1d_prefill(x, w, b, three, tensor_view<float, 3>(y_bad.data(), x.dims()), bad), argument_error);
+  // State count != n_seqs.
+  CHECK_THROWS_AS(conv1d_prefill(x, w, b, two, tensor_view<float, 3>(y_bad.data(), x.dims()), opts), argument_error);
+  // Batch 2 with cu_seqlens.
+  std::vector<float> x2(2 * xv.size());
+  CHECK_THROWS_AS(conv1d_prefill(tensor_view<const float, 3>(x2.data(), {2, index_t(total), index_t(channels)}), w, b,
+                                 packed, tensor_view<float, 3>(x2.data(), {2, index_t(total), index_t(channels)}), opts),
+                  argument_error);
+  // A step takes no packing.
+  CHECK_THROWS_AS(conv1d_step(tensor_view<const float, 2>(xv.data(), {1, index_t(channels)}), w, b, packed,
+                              tensor_view<float, 2>(y_bad.data(), {1, index_t(channels)}), opts),
+                  argument_error);
+  for (float v : y_bad) REQUIRE(v == 42.f);
+  REQUIRE(std::memcmp(before.history().data(), packed.history().data(), n_seqs * hn * sizeof(float)) == 0);
+}
+
 TEST_CASE("conv1d: threads give the serial result", "[ssm][conv1d]") {
   const std::size_t batch = 2, L = 33, channels = 600, width = 4;
   const auto xv = random_floats(batch * L * channels, 21);

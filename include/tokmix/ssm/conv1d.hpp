@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <type_traits>
 
@@ -26,6 +27,7 @@
 #include "tokmix/core/scratch.hpp"
 #include "tokmix/core/tensor_view.hpp"
 #include "tokmix/core/threading.hpp"
+#include "tokmix/ssm/detail/varlen.hpp"
 #include "tokmix/simd/activation.hpp"
 #include "tokmix/simd/arch.hpp"
 #include "tokmix/simd/exp.hpp"
@@ -38,6 +40,13 @@ constexpr index_t conv1d_max_width = 8;
 
 struct conv1d_options {
   bool silu = false;  // causal_conv1d activation="silu"
+
+  // Packed variable-length batch (prefill only): batch must be 1, sequence s
+  // is tokens [cu_seqlens[s], cu_seqlens[s+1]), never sees another sequence's
+  // inputs (causal_conv1d_fn's seq_idx) and uses state s. Empty = one
+  // sequence per batch entry.                                   // [n_seqs + 1]
+  tensor_view<const std::int32_t, 1> cu_seqlens;
+
   exec_policy policy;
 };
 
@@ -144,7 +153,7 @@ inline void conv1d_dispatch(Arch arch, index_t width, const conv1d_block& b, ind
 
 inline void conv1d_validate(const tensor_view<const float, 3>& x, const tensor_view<const float, 2>& weight,
                             const tensor_view<const float, 1>& bias, const conv1d_state* state,
-                            const tensor_view<float, 3>& out) {
+                            const tensor_view<float, 3>& out, const conv1d_options& opts) {
   require_layout("x", x);
   // The taps may also come as a view of a [width, channels] buffer (unit
   // stride on channels): then they are read in place, no per-call transposition.
@@ -161,8 +170,13 @@ inline void conv1d_validate(const tensor_view<const float, 3>& x, const tensor_v
     require_shape("bias", bias, {channels});
   }
   require_shape<float, 3>("out", out, x.dims());
+  index_t n_states = batch;
+  if (opts.cu_seqlens.data() != nullptr) {
+    ssm_require_cu_seqlens(opts.cu_seqlens, batch, x.dim(1));
+    n_states = opts.cu_seqlens.dim(0) - 1;
+  }
   if (state) {
-    require(state->batch() == batch, "state batch", batch, state->batch());
+    require(state->batch() == n_states, "state batch", n_states, state->batch());
     require(state->channels() == channels, "state channels", channels, state->channels());
     require(state->width() == width, "state width", width, state->width());
   }
@@ -176,15 +190,24 @@ inline void conv1d_kernel(Arch arch, const tensor_view<const float, 3>& x, const
   const index_t batch = x.dim(0), seq = x.dim(1), channels = x.dim(2), width = weight.dim(1);
   if (batch == 0 || channels == 0 || seq == 0) return;
   const index_t hist_rows = width - 1;
+  const ssm_sequences seqs{opts.cu_seqlens, batch, seq};
+  const index_t n_seqs = seqs.count();
 
   // Shared, read-only by the workers: the taps by channel (transposed here
   // unless the caller's view already has unit stride on channels) and the zero
   // history of a stateless call.
   const bool fresh = state == nullptr, w_direct = weight.stride(0) == 1;
   scratch_frame frame((w_direct ? 0 : scratch_frame::bytes_for<float>(channels * width)) +
-                      (fresh ? scratch_frame::bytes_for<float>(hist_rows * channels) : 0));
+                      (fresh ? scratch_frame::bytes_for<float>(hist_rows * channels) : 0) +
+                      scratch_frame::bytes_for<index_t>(n_seqs + 1));
   float* wt = w_direct ? nullptr : frame.alloc<float>(channels * width);
   float* zeros = fresh ? frame.alloc<float>(hist_rows * channels) : nullptr;
+  // first_item[s]: the first work item of sequence s (items never straddle sequences).
+  index_t* first_item = frame.alloc<index_t>(n_seqs + 1);
+  first_item[0] = 0;
+  for (index_t s = 0; s < n_seqs; ++s)
+    first_item[s + 1] =
+        first_item[s] + (seqs.end(s) - seqs.begin(s) + conv1d_rows_per_item - 1) / conv1d_rows_per_item;
   if (!w_direct) {
     const float* src = weight.data();
     const index_t s_c = weight.stride(0), s_k = weight.stride(1);
@@ -193,36 +216,40 @@ inline void conv1d_kernel(Arch arch, const tensor_view<const float, 3>& x, const
   }
   if (fresh) std::fill(zeros, zeros + hist_rows * channels, 0.f);
 
-  auto block_of = [&](index_t bi) {
+  // Sequence s as a block: its t = 0 is its first token.
+  auto block_of = [&](index_t s) {
+    const index_t bi = seqs.batch_of(s), t0 = seqs.begin(s);
     conv1d_block blk;
-    blk.x = x.ptr(bi, 0, 0);
+    blk.x = x.ptr(bi, t0, 0);
     blk.x_step = x.stride(1);
-    blk.out = out.ptr(bi, 0, 0);
+    blk.out = out.ptr(bi, t0, 0);
     blk.out_step = out.stride(1);
     blk.wt = w_direct ? weight.data() : wt;
     blk.wt_step = w_direct ? weight.stride(1) : channels;
     blk.bias = bias.data();
-    blk.hist = fresh ? zeros : state->history().ptr(bi, 0, 0);
+    blk.hist = fresh ? zeros : state->history().ptr(s, 0, 0);
     blk.hist_step = channels;
     blk.channels = channels;
     blk.silu = opts.silu;
     return blk;
   };
-  const index_t per_batch = (seq + conv1d_rows_per_item - 1) / conv1d_rows_per_item;
-  parallel_for(opts.policy, batch * per_batch, [&](index_t item, int) {
-    const index_t bi = item / per_batch, t0 = item % per_batch * conv1d_rows_per_item;
-    conv1d_dispatch(arch, width, block_of(bi), t0, std::min(seq, t0 + conv1d_rows_per_item));
+  parallel_for(opts.policy, first_item[n_seqs], [&](index_t item, int) {
+    const index_t s = std::upper_bound(first_item, first_item + n_seqs + 1, item) - first_item - 1;
+    const index_t t0 = (item - first_item[s]) * conv1d_rows_per_item, len = seqs.end(s) - seqs.begin(s);
+    conv1d_dispatch(arch, width, block_of(s), t0, std::min(len, t0 + conv1d_rows_per_item));
   });
 
   // Only now (every item has read the old history) the new one: the last
   // width-1 inputs of (old history, x). Ascending rows read an old row before
   // it is overwritten.
+  // An empty sequence keeps its history as it is.
   if (state)
-    for (index_t bi = 0; bi < batch; ++bi) {
-      float* hist = state->history().ptr(bi, 0, 0);
+    for (index_t s = 0; s < n_seqs; ++s) {
+      float* hist = state->history().ptr(s, 0, 0);
+      const index_t bi = seqs.batch_of(s), t0 = seqs.begin(s), len = seqs.end(s) - t0;
       for (index_t k = 0; k < hist_rows; ++k) {
-        const index_t ts = seq - hist_rows + k;
-        const float* from = ts >= 0 ? x.ptr(bi, ts, 0) : hist + (ts + hist_rows) * channels;
+        const index_t ts = len - hist_rows + k;
+        const float* from = ts >= 0 ? x.ptr(bi, t0 + ts, 0) : hist + (ts + hist_rows) * channels;
         std::copy(from, from + channels, hist + k * channels);
       }
     }
@@ -237,13 +264,13 @@ tensor_view<T, 3> conv1d_as_one_token(const tensor_view<T, 2>& v) {
 
 }  // namespace detail
 
-// causal_conv1d_fn without states: the sequence starts from zeros.
+// causal_conv1d_fn without states: every sequence starts from zeros.
 inline void conv1d(tensor_view<const float, 3> x,       // [batch, seq, channels]
                    tensor_view<const float, 2> weight,  // [channels, width]
                    tensor_view<const float, 1> bias,    // [channels], or empty for none
                    tensor_view<float, 3> out,           // [batch, seq, channels]
                    const conv1d_options& opts = {}) {
-  detail::conv1d_validate(x, weight, bias, nullptr, out);
+  detail::conv1d_validate(x, weight, bias, nullptr, out, opts);
   detail::conv1d_kernel(simd::default_arch{}, x, weight, bias, nullptr, out, opts);
 }
 
@@ -256,7 +283,7 @@ inline void conv1d_prefill(tensor_view<const float, 3> x,       // [batch, seq, 
                            conv1d_state& state,                 // batch, channels, width
                            tensor_view<float, 3> out,           // [batch, seq, channels]
                            const conv1d_options& opts = {}) {
-  detail::conv1d_validate(x, weight, bias, &state, out);
+  detail::conv1d_validate(x, weight, bias, &state, out, opts);
   detail::conv1d_kernel(simd::default_arch{}, x, weight, bias, &state, out, opts);
 }
 
@@ -267,12 +294,14 @@ inline void conv1d_step(tensor_view<const float, 2> x,       // [batch, channels
                         conv1d_state& state,                 // batch, channels, width
                         tensor_view<float, 2> out,           // [batch, channels]
                         const conv1d_options& opts = {}) {
+  require(opts.cu_seqlens.data() == nullptr, "cu_seqlens", "empty for a step (one token per batch entry)",
+          "size " + std::to_string(opts.cu_seqlens.dim(0)));
   require_layout("x", x);
   require_layout("out", out);
   require_shape<float, 2>("out", out, x.dims());
   const auto x3 = detail::conv1d_as_one_token(x);
   const auto o3 = detail::conv1d_as_one_token(out);
-  detail::conv1d_validate(x3, weight, bias, &state, o3);
+  detail::conv1d_validate(x3, weight, bias, &state, o3, opts);
   detail::conv1d_kernel(simd::default_arch{}, x3, weight, bias, &state, o3, opts);
 }
 

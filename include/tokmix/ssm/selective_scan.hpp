@@ -37,6 +37,7 @@
 #include "tokmix/simd/activation.hpp"
 #include "tokmix/simd/arch.hpp"
 #include "tokmix/simd/exp.hpp"
+#include "tokmix/ssm/detail/varlen.hpp"
 
 TOKMIX_SIMD_AVX512_WARNINGS_OFF
 namespace tokmix {
@@ -182,17 +183,8 @@ inline void selective_scan_validate(const selective_scan_args& a) {
   }
   index_t n_states = batch;
   if (selective_scan_given(p.cu_seqlens)) {
-    const auto& cu = p.cu_seqlens;
-    require_layout("cu_seqlens", cu);
-    require(batch == 1, "u batch (dim 0) with cu_seqlens", 1, batch);
-    require(cu.dim(0) >= 1, "cu_seqlens size", ">= 1 (n_seqs + 1)", cu.dim(0));
-    require(cu(0) == 0, "cu_seqlens[0]", 0, cu(0));
-    for (index_t s = 1; s < cu.dim(0); ++s)
-      if (cu(s) < cu(s - 1))
-        throw argument_error("cu_seqlens", "non-decreasing offsets",
-                             std::to_string(cu(s)) + " after " + std::to_string(cu(s - 1)) + " at " + std::to_string(s));
-    require(cu(cu.dim(0) - 1) == seq, "cu_seqlens[n_seqs]", "seq = " + std::to_string(seq), cu(cu.dim(0) - 1));
-    n_states = cu.dim(0) - 1;
+    ssm_require_cu_seqlens(p.cu_seqlens, batch, seq);
+    n_states = p.cu_seqlens.dim(0) - 1;
   }
   require(a.state->batch() == n_states, "state batch", n_states, a.state->batch());
   require(a.state->d_inner() == d_inner, "state d_inner", d_inner, a.state->d_inner());
