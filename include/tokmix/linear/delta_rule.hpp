@@ -198,12 +198,6 @@ inline void delta_chunk_kernel(Arch arch, const delta_args& a) {
           if (r[c] < -rec_max_span) break;
         }
       }
-      const index_t next = std::min(C, it.t1 - pos - c);
-      if (next > 0) {
-        rec_prefetch_chunk(io, it.bi, it.h, pos + c, next, nullptr, 0, 0);
-        rec_prefetch(a.beta.ptr(it.bi, pos + c, it.h), a.beta.stride(1) * index_t(sizeof(float)), next, 1);
-        if (gated) rec_prefetch(a.g.ptr(it.bi, pos + c, it.h), a.g.stride(1) * index_t(sizeof(float)), next, 1);
-      }
       const float* qc = io.q.ptr(it.bi, pos, it.h, 0);
       const float* kc = io.k.ptr(it.bi, pos, it.h, 0);
       const float* vcp = io.v.ptr(it.bi, pos, it.h, 0);

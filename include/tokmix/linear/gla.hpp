@@ -154,8 +154,6 @@ inline void gla_chunk_kernel(Arch arch, const gla_args& a) {
         const float mn = gla_cumsum_row(arch, r + (c - 1) * dk, g0 + c * ldg, r + c * dk, dk);
         if (mn < -rec_max_span) break;
       }
-      const index_t next = std::min(C, it.t1 - pos - c);
-      if (next > 0) rec_prefetch_chunk(io, it.bi, it.h, pos + c, next, a.g.ptr(it.bi, pos + c, it.h, 0), ldg, dk);
       const float* qc = io.q.ptr(it.bi, pos, it.h, 0);
       const float* kc = io.k.ptr(it.bi, pos, it.h, 0);
       const float* vc = io.v.ptr(it.bi, pos, it.h, 0);

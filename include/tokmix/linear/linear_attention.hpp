@@ -184,6 +184,19 @@ inline void linear_attention_validate(const linear_attention_args& a) {
 
 inline index_t ld_rows(index_t stride, index_t width) { return std::max(stride, std::max<index_t>(width, 1)); }
 
+// Rows of one head sit H * D floats apart in [B, L, H, D], usually more than
+// a page, so hardware stream prefetchers (which stop at page boundaries) miss
+// every row: at L = 4096 with 12 heads the first touch of q/k cost a third of
+// the prefill. Touching the next chunk's rows one chunk ahead hides that.
+inline void prefetch_rows(const float* p, index_t rows, index_t ld, index_t width) {
+#if defined(__GNUC__)
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t c = 0; c < width; c += 16) __builtin_prefetch(p + r * ld + c, 0, 1);
+#else
+  (void)p, (void)rows, (void)ld, (void)width;
+#endif
+}
+
 // One (batch, kv head): every query head of its group, all chunks.
 class linear_attention_item {
  public:
@@ -227,6 +240,7 @@ class linear_attention_item {
       const index_t L = a_.q.dim(1);
       for (index_t t0 = 0; t0 < L; t0 += C_) {
         const index_t n = std::min(C_, L - t0);
+        if (!a_.recurrent) prefetch_chunk(t0 + C_, std::min(C_, L - t0 - C_));
         keys(t0, n);
         if (a_.recurrent) {
           // S += phi(k_t) v_t^T, z += phi(k_t); then read with the query (inclusive).
@@ -253,6 +267,13 @@ class linear_attention_item {
   }
 
  private:
+  void prefetch_chunk(index_t t0, index_t n) {
+    if (n <= 0) return;
+    prefetch_rows(a_.k.ptr(b_, t0, g_), n, ldk_, dk_);
+    prefetch_rows(a_.v.ptr(b_, t0, g_), n, ldv_, dv_);
+    for (index_t r = 0; r < group_; ++r) prefetch_rows(a_.q.ptr(b_, t0, g_ * group_ + r), n, ldq_, dk_);
+  }
+
   void load_state() {
     empty_ = true;
     shift_ = 0.f;

@@ -119,8 +119,6 @@ inline void retention_chunk_kernel(Arch arch, const retention_args& a) {
     float* S = it.S;
     for (index_t pos = it.t0; pos < it.t1; pos += C) {
       const index_t c = std::min(C, it.t1 - pos);
-      const index_t next = std::min(C, it.t1 - pos - c);
-      if (next > 0) rec_prefetch_chunk(io, it.bi, it.h, pos + c, next, nullptr, 0, 0);
       const float* qc = io.q.ptr(it.bi, pos, it.h, 0);
       const float* kc = io.k.ptr(it.bi, pos, it.h, 0);
       const float* vc = io.v.ptr(it.bi, pos, it.h, 0);

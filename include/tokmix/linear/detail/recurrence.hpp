@@ -216,34 +216,6 @@ inline void rec_for_each(const rec_io& io, const tensor_view<const std::int32_t,
   });
 }
 
-// Starts loading `rows` rows of `width` floats, `ld` apart. A chunk's rows of
-// one head are d floats every heads*d: too far apart for the hardware
-// prefetcher (it stops at page ends), so without this each row is a full
-// memory latency the chunk's products then wait on. Issued one chunk ahead.
-inline void rec_prefetch(const void* p, index_t ld_bytes, index_t rows, index_t width_bytes, bool for_write = false) {
-#ifdef TOKMIX_GATED_NO_PREFETCH
-  return;
-#endif
-  const char* c = static_cast<const char*>(p);
-  for (index_t r = 0; r < rows; ++r, c += ld_bytes)
-    for (index_t off = 0; off < width_bytes; off += 64) {
-      if (for_write) __builtin_prefetch(c + off, 1, 2);
-      else __builtin_prefetch(c + off, 0, 2);
-    }
-}
-
-// The next chunk's q, k, v (and the gate rows if given) of one item, and its o rows.
-inline void rec_prefetch_chunk(const rec_io& io, index_t bi, index_t h, index_t pos, index_t rows, const float* g,
-                               index_t g_ld, index_t g_width) {
-  if (rows <= 0) return;
-  const index_t dk = io.q.dim(3), dv = io.v.dim(3), f = sizeof(float);
-  rec_prefetch(io.q.ptr(bi, pos, h, 0), io.q.stride(1) * f, rows, dk * f);
-  rec_prefetch(io.k.ptr(bi, pos, h, 0), io.k.stride(1) * f, rows, dk * f);
-  rec_prefetch(io.v.ptr(bi, pos, h, 0), io.v.stride(1) * f, rows, dv * f);
-  rec_prefetch(io.o.ptr(bi, pos, h, 0), io.o.stride(1) * f, rows, dv * f, true);
-  if (g) rec_prefetch(g, g_ld * f, rows, g_width * f);
-}
-
 // ---- small vector kernels -------------------------------------------------------
 
 // y[i] = a * x[i] * e[i] (e may be null: y = a * x).
