@@ -111,7 +111,7 @@ inline void hydra_forward(tensor_view<const float, 4> x,   // [batch, seq, heads
     const float* d = dbase ? params.D.ptr(hd, 0) : nullptr;
     if (d || ssd_given(z))
       for (index_t t = 0; t < seq; ++t)
-        detail::ssd_epilogue_row(simd::default_arch{}, y.ptr(b, t, hd, 0), x.ptr(b, t, hd, 0), d, dstride,
+        detail::ssd_epilogue_row(simd::default_arch{}, y.ptr(b, t, hd, 0), y.ptr(b, t, hd, 0), x.ptr(b, t, hd, 0), d, dstride,
                                  ssd_given(z) ? z.ptr(b, t, hd, 0) : nullptr, P);
   });
 }

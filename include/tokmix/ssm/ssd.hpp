@@ -22,6 +22,9 @@
 //   h <- exp(cum_last) h + (exp(cum_last - cum) . dt . X)^T B
 // Every exponent is a difference cum_i - cum_j <= 0 taken in double (no exp of
 // a large positive number, no cancellation of two large float sums).
+// C B^T does not depend on the head: it is computed once per chunk for all the
+// heads of a group (walked chunk-major, so B, C and x stay in cache). Per token
+// and head that leaves 4PN + 2QP FLOPs of products, plus 2QN per group.
 //
 // Deviations from mamba_ssm, on purpose:
 //   * dt is always clamped to [dt_min, dt_max] (defaults 0 and +inf); mamba
@@ -54,8 +57,8 @@
 TOKMIX_SIMD_AVX512_WARNINGS_OFF
 namespace tokmix {
 
-// Default chunk length. Measured (bench/ssd.cpp, 24 x 64 heads, N = 128, AVX-512):
-// 64 beats 32 and 128 at L = 512..65536.
+// Default chunk length. Measured (bench/ssd.cpp, 24 heads x P = 64, N = 128,
+// AVX-512, L = 4096): 64 beats 16, 32, 128 and 256.
 constexpr index_t ssd_default_chunk = 64;
 
 struct ssd_params {
@@ -107,11 +110,6 @@ namespace detail {
 
 // Floor of dt * A per token (see the header comment).
 constexpr float ssd_log_decay_floor = -1e4f;
-
-// Rows of the causal C B^T tile handled per product: the part above the
-// diagonal of each row block is skipped, about 3/8 of the intra-chunk work at
-// 16-row blocks of a 64-token chunk.
-constexpr index_t ssd_row_block = 16;
 
 struct ssd_args {
   tensor_view<const float, 4> x;     // [batch, seq, heads, head_dim]
@@ -237,18 +235,18 @@ inline float ssd_dt(float raw, float bias, const ssd_params& p) {
 
 inline float ssd_log_decay(float dt, float a) { return std::max(dt * a, ssd_log_decay_floor); }
 
-// y = (y + D x) * silu(z) over one row of head_dim; d is one D per channel
-// (d_stride 1) or one per head (d_stride 0); either of d, z may be null.
+// y = (src + D x) * silu(z) over one row of head_dim (src may be y); d is one
+// D per channel (d_stride 1) or one per head (d_stride 0); d, z may be null.
 template <class Arch>
-inline void ssd_epilogue_row(Arch, float* y, const float* x, const float* d, index_t d_stride, const float* z,
-                             index_t n) noexcept {
+inline void ssd_epilogue_row(Arch, float* y, const float* src, const float* x, const float* d, index_t d_stride,
+                             const float* z, index_t n) noexcept {
   using batch = simd::fbatch<Arch>;
   constexpr index_t w = simd::lanes<Arch>;
   auto body = [&](index_t i, index_t cnt) {
     auto load = [&](const float* p) {
       return cnt == w ? batch::load_unaligned(p) : simd::detail::load_partial<Arch>(p, cnt, 0.f);
     };
-    batch v = load(y + i);
+    batch v = load(src + i);
     if (d) v = xsimd::fma(d_stride ? load(d + i) : batch(d[0]), load(x + i), v);
     if (z) v *= simd::silu_batch<Arch>(load(z + i));
     if (cnt == w) v.store_unaligned(y + i);
@@ -259,121 +257,145 @@ inline void ssd_epilogue_row(Arch, float* y, const float* x, const float* d, ind
   if (i < n) body(i, n - i);
 }
 
-// y[i] *= s[i] over [0, n).
+// y[i] = x[i] exp(e[i]) over [0, n); e = -inf (the causal mask) writes an
+// exact 0, even over a non-finite x[i].
 template <class Arch>
-inline void ssd_mul(Arch, float* y, const float* s, index_t n) noexcept {
-  simd::detail::map_binary_inplace(Arch{}, s, y, n,
-                                   [](const simd::fbatch<Arch>& sv, const simd::fbatch<Arch>& yv) { return sv * yv; });
+inline void ssd_mul_exp(Arch, float* y, const float* x, const float* e, index_t n) noexcept {
+  using fb = simd::fbatch<Arch>;
+  constexpr index_t w = simd::lanes<Arch>;
+  const fb ninf(-std::numeric_limits<float>::infinity());
+  auto f = [&](const fb& xv, const fb& ev) { return xsimd::select(ev > ninf, xv * simd::exp_batch<Arch>(ev), fb(0.f)); };
+  index_t i = 0;
+  for (; i + w <= n; i += w) f(fb::load_unaligned(x + i), fb::load_unaligned(e + i)).store_unaligned(y + i);
+  if (i < n)
+    simd::detail::store_partial<Arch>(
+        y + i, f(simd::detail::load_partial<Arch>(x + i, n - i, 0.f), simd::detail::load_partial<Arch>(e + i, n - i, 0.f)),
+        n - i);
 }
 
 // Per-worker buffers of the chunk loop.
 struct ssd_work {
-  float* dtv;    // [chunk]       step sizes
-  double* cum;   // [chunk]       cumulative dt * A inside the chunk
-  float* row;    // [chunk]       exponents / decays of one row
-  float* S;      // [chunk, chunk] C B^T . L
+  float* dtv;    // [chunk]        step sizes
+  double* cum;   // [chunk]        cumulative dt * A inside the chunk
+  float* row;    // [chunk]        exponents / decays of one row
+  float* CB;     // [chunk, chunk] C B^T, shared by the heads of one group
+  float* S;      // [chunk, chunk] C B^T . L of one head
   float* xd;     // [chunk, head_dim] dt . X, then decayed to the chunk end
+  float* yt;     // [chunk, head_dim] the chunk's output before the skip and gate
 };
 
 inline std::size_t ssd_work_bytes(index_t chunk, index_t head_dim) {
-  return scratch_frame::bytes_for<float>(chunk) + scratch_frame::bytes_for<double>(chunk) +
-         scratch_frame::bytes_for<float>(chunk) + scratch_frame::bytes_for<float>(chunk * chunk) +
-         scratch_frame::bytes_for<float>(chunk * head_dim);
+  return 2 * scratch_frame::bytes_for<float>(chunk) + scratch_frame::bytes_for<double>(chunk) +
+         2 * scratch_frame::bytes_for<float>(chunk * chunk) + 2 * scratch_frame::bytes_for<float>(chunk * head_dim);
 }
 
-inline ssd_work ssd_carve(float* base, index_t chunk) {
+inline ssd_work ssd_carve(float* base, index_t chunk, index_t head_dim) {
   ssd_work w;
   unsigned char* p = reinterpret_cast<unsigned char*>(base);
-  w.dtv = reinterpret_cast<float*>(p);
-  p += scratch_frame::bytes_for<float>(chunk);
-  w.cum = reinterpret_cast<double*>(p);
-  p += scratch_frame::bytes_for<double>(chunk);
-  w.row = reinterpret_cast<float*>(p);
-  p += scratch_frame::bytes_for<float>(chunk);
-  w.S = reinterpret_cast<float*>(p);
-  p += scratch_frame::bytes_for<float>(chunk * chunk);
-  w.xd = reinterpret_cast<float*>(p);
+  auto take = [&p](std::size_t bytes) {
+    unsigned char* q = p;
+    p += bytes;
+    return q;
+  };
+  w.dtv = reinterpret_cast<float*>(take(scratch_frame::bytes_for<float>(chunk)));
+  w.cum = reinterpret_cast<double*>(take(scratch_frame::bytes_for<double>(chunk)));
+  w.row = reinterpret_cast<float*>(take(scratch_frame::bytes_for<float>(chunk)));
+  w.CB = reinterpret_cast<float*>(take(scratch_frame::bytes_for<float>(chunk * chunk)));
+  w.S = reinterpret_cast<float*>(take(scratch_frame::bytes_for<float>(chunk * chunk)));
+  w.xd = reinterpret_cast<float*>(take(scratch_frame::bytes_for<float>(chunk * head_dim)));
+  w.yt = reinterpret_cast<float*>(p);
   return w;
 }
 
-// One (sequence, head): tokens [t0, t1) of batch entry bi, state h [head_dim, d_state] dense.
+// One head on one chunk [c0, c0 + l) of batch entry bi; w.CB holds C B^T of
+// the chunk; h is the head's state [head_dim, d_state], dense.
 template <class Arch>
-void ssd_sequence(Arch arch, const ssd_args& a, index_t bi, index_t t0, index_t t1, index_t head, float* h,
-                  const ssd_work& w) {
+void ssd_head_chunk(Arch arch, const ssd_args& a, index_t bi, index_t c0, index_t l, index_t head, index_t g, float* h,
+                    const ssd_work& w) {
   const ssd_params& p = *a.params;
   const index_t P = a.x.dim(3), N = a.B.dim(3), Q = p.chunk_size;
-  const index_t g = head / (a.x.dim(2) / a.B.dim(2));
   const float A = a.A(head);
   const float bias = ssd_given(p.dt_bias) ? p.dt_bias(head) : 0.f;
   const index_t ldb = ssd_row_stride(a.B, 1), ldc = ssd_row_stride(a.C, 1);
   const index_t ldy = ssd_row_stride(a.y, 1);
   const index_t ldh = std::max<index_t>(N, 1);
-  const float* dskip = nullptr;
-  index_t dstride = 0;
-  if (a.epilogue && ssd_given(p.D)) {
-    dskip = p.D.ptr(head, 0);
-    dstride = p.D.dim(1) == 1 ? 0 : 1;
-  }
-  const bool gate = a.epilogue && ssd_given(a.z);
 
+  double run = 0;
+  for (index_t j = 0; j < l; ++j) {
+    const float v = ssd_dt(a.dt(bi, c0 + j, head), bias, p);
+    w.dtv[j] = v;
+    run += static_cast<double>(ssd_log_decay(v, A));
+    w.cum[j] = run;
+  }
+  for (index_t j = 0; j < l; ++j)
+    simd::detail::scale_add_kernel(arch, 0.f, w.xd + j * P, w.dtv[j], a.x.ptr(bi, c0 + j, head, 0), P);
+  const float* Cp = a.C.ptr(bi, c0, g, 0);
+  const float* Bp = a.B.ptr(bi, c0, g, 0);
+  float* yp = a.y.ptr(bi, c0, head, 0);
+
+  // State to output: Y = diag(exp(cum)) C h^T. Y is built in an L1-sized tile
+  // and leaves for y (strided rows, usually cold) in one pass at the end.
+  simd::gemm_nt(l, P, N, 1.f, Cp, ldc, h, ldh, 0.f, w.yt, P);
+  for (index_t i = 0; i < l; ++i) w.row[i] = static_cast<float>(w.cum[i]);
+  simd::detail::exp_kernel(arch, w.row, w.row, l);
+  for (index_t i = 0; i < l; ++i) simd::detail::scale_kernel(arch, w.row[i], w.yt + i * P, P);
+
+  // Intra-chunk: Y += (C B^T . L) (dt . X), on the full l x l tile (skipping
+  // the zeros above the diagonal in row blocks measured slower: narrow products).
+  for (index_t i = 0; i < l; ++i) {
+    const double ci = w.cum[i];
+    for (index_t j = 0; j < l; ++j)
+      w.row[j] = j <= i ? static_cast<float>(ci - w.cum[j]) : -std::numeric_limits<float>::infinity();
+    ssd_mul_exp(arch, w.S + i * Q, w.CB + i * Q, w.row, l);
+  }
+  simd::gemm_nn(l, P, l, 1.f, w.S, Q, w.xd, P, 1.f, w.yt, P);
+
+  const bool skip = a.epilogue && ssd_given(p.D), gate = a.epilogue && ssd_given(a.z);
+  const float* dskip = skip ? p.D.ptr(head, 0) : nullptr;
+  const index_t dstride = skip && p.D.dim(1) != 1 ? 1 : 0;
+  for (index_t i = 0; i < l; ++i) {
+    if (skip || gate)
+      ssd_epilogue_row(arch, yp + i * ldy, w.yt + i * P, a.x.ptr(bi, c0 + i, head, 0), dskip, dstride,
+                       gate ? a.z.ptr(bi, c0 + i, head, 0) : nullptr, P);
+    else
+      std::copy(w.yt + i * P, w.yt + (i + 1) * P, yp + i * ldy);
+  }
+
+  // Chunk state: h <- exp(cum_last) h + (exp(cum_last - cum) . dt . X)^T B.
+  const double last = w.cum[l - 1];
+  for (index_t j = 0; j < l; ++j) w.row[j] = static_cast<float>(last - w.cum[j]);
+  simd::detail::exp_kernel(arch, w.row, w.row, l);
+  for (index_t j = 0; j < l; ++j) simd::detail::scale_kernel(arch, w.row[j], w.xd + j * P, P);
+  float decay_all = static_cast<float>(last);
+  simd::detail::exp_kernel(arch, &decay_all, &decay_all, 1);
+  simd::gemm_tn(P, N, l, 1.f, w.xd, P, Bp, ldb, decay_all, h, ldh);
+}
+
+// Heads [h0, h1) of one B/C group over tokens [t0, t1) of batch entry bi,
+// chunk-major: C B^T of a chunk is computed once for all of them (it does not
+// depend on the head), and the chunk's B, C and x rows stay in cache while
+// the heads pass over them. States of sequence s.
+template <class Arch>
+void ssd_heads(Arch arch, const ssd_args& a, index_t s, index_t bi, index_t t0, index_t t1, index_t h0, index_t h1,
+               index_t g, const ssd_work& w) {
+  const index_t N = a.B.dim(3), Q = a.params->chunk_size;
+  const index_t ldb = ssd_row_stride(a.B, 1), ldc = ssd_row_stride(a.C, 1);
   for (index_t c0 = t0; c0 < t1; c0 += Q) {
     const index_t l = std::min(Q, t1 - c0);
-    double run = 0;
-    for (index_t j = 0; j < l; ++j) {
-      const float v = ssd_dt(a.dt(bi, c0 + j, head), bias, p);
-      w.dtv[j] = v;
-      run += static_cast<double>(ssd_log_decay(v, A));
-      w.cum[j] = run;
-    }
-    for (index_t j = 0; j < l; ++j)
-      simd::detail::scale_add_kernel(arch, 0.f, w.xd + j * P, w.dtv[j], a.x.ptr(bi, c0 + j, head, 0), P);
-    const float* Cp = a.C.ptr(bi, c0, g, 0);
-    const float* Bp = a.B.ptr(bi, c0, g, 0);
-    float* yp = a.y.ptr(bi, c0, head, 0);
-
-    // State to output: Y = diag(exp(cum)) C h^T.
-    simd::gemm_nt(l, P, N, 1.f, Cp, ldc, h, ldh, 0.f, yp, ldy);
-    for (index_t i = 0; i < l; ++i) w.row[i] = static_cast<float>(w.cum[i]);
-    simd::detail::exp_kernel(arch, w.row, w.row, l);
-    for (index_t i = 0; i < l; ++i) simd::detail::scale_kernel(arch, w.row[i], yp + i * ldy, P);
-
-    // Intra-chunk: Y += (C B^T . L) (dt . X), row blocks skip the part above the diagonal.
-    for (index_t r0 = 0; r0 < l; r0 += ssd_row_block) {
-      const index_t r1 = std::min(l, r0 + ssd_row_block);
-      simd::gemm_nt(r1 - r0, r1, N, 1.f, Cp + r0 * ldc, ldc, Bp, ldb, 0.f, w.S + r0 * Q, Q);
-      for (index_t i = r0; i < r1; ++i) {
-        float* s = w.S + i * Q;
-        const double ci = w.cum[i];
-        for (index_t j = 0; j <= i; ++j) w.row[j] = static_cast<float>(ci - w.cum[j]);
-        simd::detail::exp_kernel(arch, w.row, w.row, i + 1);
-        ssd_mul(arch, s, w.row, i + 1);
-        for (index_t j = i + 1; j < r1; ++j) s[j] = 0.f;
-      }
-      simd::gemm_nn(r1 - r0, P, r1, 1.f, w.S + r0 * Q, Q, w.xd, P, 1.f, yp + r0 * ldy, ldy);
-    }
-
-    // Chunk state: h <- exp(cum_last) h + (exp(cum_last - cum) . dt . X)^T B.
-    const double last = w.cum[l - 1];
-    for (index_t j = 0; j < l; ++j) w.row[j] = static_cast<float>(last - w.cum[j]);
-    simd::detail::exp_kernel(arch, w.row, w.row, l);
-    for (index_t j = 0; j < l; ++j) simd::detail::scale_kernel(arch, w.row[j], w.xd + j * P, P);
-    float decay_all = static_cast<float>(last);
-    simd::detail::exp_kernel(arch, &decay_all, &decay_all, 1);
-    simd::gemm_tn(P, N, l, 1.f, w.xd, P, Bp, ldb, decay_all, h, ldh);
-
-    if (dskip || gate)
-      for (index_t i = 0; i < l; ++i)
-        ssd_epilogue_row(arch, yp + i * ldy, a.x.ptr(bi, c0 + i, head, 0), dskip, dstride,
-                         gate ? a.z.ptr(bi, c0 + i, head, 0) : nullptr, P);
+    simd::gemm_nt(l, l, N, 1.f, a.C.ptr(bi, c0, g, 0), ldc, a.B.ptr(bi, c0, g, 0), ldb, 0.f, w.CB, Q);
+    for (index_t head = h0; head < h1; ++head) ssd_head_chunk(arch, a, bi, c0, l, head, g, a.h.ptr(s, head, 0, 0), w);
   }
 }
 
-// Runs every (sequence, head) item; a.h must already be validated against n_states.
+// Work items: (sequence, group, slice of the group's heads). Slices exist only
+// to give every worker an item; results do not depend on them (each head's
+// arithmetic is the same whichever slice it lands in).
 template <class Arch>
 void ssd_kernel(Arch arch, const ssd_args& a, index_t n_states) {
   const ssd_params& p = *a.params;
-  const index_t heads = a.x.dim(2), P = a.x.dim(3), seq = a.x.dim(1);
+  const index_t heads = a.x.dim(2), P = a.x.dim(3), seq = a.x.dim(1), groups = a.B.dim(2);
   if (a.x.size() == 0) return;  // nothing to write and no state to move
+  const index_t per_group = heads / groups;
   const bool varlen = ssd_given(p.cu_seqlens);
   const index_t Q = std::max<index_t>(1, std::min(p.chunk_size, std::max<index_t>(seq, 1)));
   const int slots = worker_slots(p.policy);
@@ -384,15 +406,19 @@ void ssd_kernel(Arch arch, const ssd_args& a, index_t n_states) {
   local.chunk_size = Q;  // chunks never longer than the sequence: scratch stays small for short inputs
   ssd_args b = a;
   b.params = &local;
+  const index_t outer = n_states * groups;
+  const index_t slices = std::min<index_t>(per_group, std::max<index_t>(1, (p.policy.workers() + outer - 1) / outer));
+  const index_t per_slice = (per_group + slices - 1) / slices;
 
-  parallel_for(p.policy, n_states * heads, [&](index_t item, int worker) {
-    const index_t s = item / heads, head = item % heads;
+  parallel_for(p.policy, outer * slices, [&](index_t item, int worker) {
+    const index_t s = item / (groups * slices), g = item / slices % groups, sl = item % slices;
     const index_t bi = varlen ? 0 : s;
     const index_t t0 = varlen ? p.cu_seqlens(s) : 0;
     const index_t t1 = varlen ? p.cu_seqlens(s + 1) : seq;
-    if (t0 == t1) return;  // empty sequence: state stays as it is
-    const ssd_work w = ssd_carve(base + slot_bytes / sizeof(float) * worker, Q);
-    ssd_sequence(arch, b, bi, t0, t1, head, b.h.ptr(s, head, 0, 0), w);
+    const index_t h0 = g * per_group + sl * per_slice, h1 = std::min(h0 + per_slice, (g + 1) * per_group);
+    if (t0 == t1 || h0 >= h1) return;  // empty sequence: state stays as it is
+    const ssd_work w = ssd_carve(base + slot_bytes / sizeof(float) * worker, Q, P);
+    ssd_heads(arch, b, s, bi, t0, t1, h0, h1, g, w);
   });
 }
 
@@ -527,7 +553,7 @@ inline void ssd_step(tensor_view<const float, 3> x,   // [batch, heads, head_dim
     const float* dskip = ssd_given(params.D) ? params.D.ptr(hd, 0) : nullptr;
     const index_t dstride = ssd_given(params.D) && params.D.dim(1) != 1 ? 1 : 0;
     if (dskip || ssd_given(z))
-      detail::ssd_epilogue_row(simd::default_arch{}, yp, xp, dskip, dstride, ssd_given(z) ? z.ptr(b, hd, 0) : nullptr, P);
+      detail::ssd_epilogue_row(simd::default_arch{}, yp, yp, xp, dskip, dstride, ssd_given(z) ? z.ptr(b, hd, 0) : nullptr, P);
   });
 }
 
