@@ -151,8 +151,8 @@ inline void gemm_micro_any(int rows, index_t kc, const float* a, index_t lda, co
 // and staging wide registers through memory stalls store forwarding on AVX-512.
 #if XSIMD_WITH_SSE2
 using gemm_quad_arch = xsimd::sse2;
-#elif XSIMD_WITH_NEON
-using gemm_quad_arch = xsimd::neon;
+#elif XSIMD_WITH_NEON64
+using gemm_quad_arch = xsimd::neon64;
 #else
 using gemm_quad_arch = void;
 #endif
@@ -165,7 +165,7 @@ inline void gemm_pack_bt_strip4(const float* s, index_t ldb, index_t kc, float* 
   const float* s2 = s1 + ldb;
   const float* s3 = s2 + ldb;
   index_t p = 0;
-#if XSIMD_WITH_SSE2 || XSIMD_WITH_NEON
+#if XSIMD_WITH_SSE2 || XSIMD_WITH_NEON64
   using quad = xsimd::batch<float, gemm_quad_arch>;
   using dquad = xsimd::batch<double, gemm_quad_arch>;
   for (; p + 4 <= kc; p += 4) {
