@@ -97,6 +97,8 @@ void check_flash_attention_args(const tensor_view<const TQ, 4>& q, const tensor_
     require_shape("lse", lse, {B, Hq, Lq});
   }
   check_attention_params(p, B, Hq, Lq, Lk);
+  require(Lk <= flash::max_keys, "k", "at most 2^24 keys (mask positions are compared in fp32)",
+          "shape " + k.shape_string());
 }
 
 }  // namespace detail

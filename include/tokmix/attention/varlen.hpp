@@ -98,6 +98,9 @@ void flash_attention_varlen(const Q& q_, const K& k_, const V& v_, O&& o_, const
   require(cq.dim(0) == ck.dim(0), "cu_seqlens_k", "length " + std::to_string(cq.dim(0)) + " (as cu_seqlens_q)",
           ck.dim(0));
   const index_t B = cq.dim(0) - 1;
+  for (index_t b = 0; b < B; ++b)
+    require(ck(b + 1) - ck(b) <= detail::flash::max_keys, "cu_seqlens_k",
+            "sequences of at most 2^24 keys (mask positions are compared in fp32)", ck(b + 1) - ck(b));
   // Window, sinks, softcap, ALiBi: per-sequence shapes do not matter for these checks.
   check_attention_params(p, B, Hq, 0, 0);
 

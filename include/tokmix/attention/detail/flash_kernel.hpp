@@ -48,6 +48,8 @@ constexpr float ln2 = 0.693147180559945309f;
 // other; block_k 64 lost ~5-10% to per-tile softmax overhead.
 constexpr index_t block_q = 128;  // query rows per work item
 constexpr index_t block_k = 128;  // keys per tile
+// Partial tiles compare key positions in fp32, exact up to 2^24.
+constexpr index_t max_keys = index_t(1) << 24;
 
 template <class Arch>
 using fb = xsimd::batch<float, Arch>;
