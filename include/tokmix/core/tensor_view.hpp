@@ -168,7 +168,8 @@ auto view_from_bhld(const Eigen::Tensor<U, 4, Options, IndexType>& t) {
 
 // `expected` entries < 0 match any extent.
 template <class T, int Rank>
-void require_shape(const char* argument, const tensor_view<T, Rank>& v, const std::array<index_t, Rank>& expected) {
+void require_shape(const char* argument, const tensor_view<T, Rank>& v,
+                   const typename tensor_view<T, Rank>::shape_type& expected) {  // not deduced: accepts other.dims()
   bool ok = true;
   std::string want = "shape [";
   for (int i = 0; i < Rank; ++i) {
