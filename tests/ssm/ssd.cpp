@@ -232,6 +232,13 @@ TEST_CASE("ssd: threads give the serial result bit for bit", "[ssm][ssd]") {
   const auto y2 = run_prefill(p, b, 32, 0, exec_policy::threads(2));
   REQUIRE(y1 == y2);
   REQUIRE(std::equal(a.h().data(), a.h().data() + a.h().size(), b.h().data()));
+  // One sequence and one group: the heads are sliced across the workers.
+  const problem q = make_problem(1, 70, 5, 16, 1, 16, {true, true, true, true, true, false}, 601);
+  ssd_state c(1, 5, 16, 16), d(1, 5, 16, 16);
+  const auto y3 = run_prefill(q, c, 16);
+  const auto y4 = run_prefill(q, d, 16, 1, exec_policy::threads(2));
+  REQUIRE(y3 == y4);
+  REQUIRE(std::equal(c.h().data(), c.h().data() + c.h().size(), d.h().data()));
 }
 
 TEST_CASE("ssd: packed varlen batch == separate sequences, empty ones keep their state", "[ssm][ssd]") {

@@ -58,7 +58,9 @@ TOKMIX_SIMD_AVX512_WARNINGS_OFF
 namespace tokmix {
 
 // Default chunk length. Measured (bench/ssd.cpp, 24 heads x P = 64, N = 128,
-// AVX-512, L = 4096): 64 beats 16, 32, 128 and 256.
+// AVX-512, L = 4096, CPU time on a loaded machine): 16, 32 and 64 within noise
+// of each other (68-72 ms), 128 and 256 about 2x slower (the masked half of the
+// Q x Q tile grows); 64 keeps the products' k and m widest among the fast ones.
 constexpr index_t ssd_default_chunk = 64;
 
 struct ssd_params {
