@@ -98,7 +98,7 @@ inline void delta_recurrent_kernel(Arch arch, const delta_args& a) {
   const int slots = worker_slots(p.policy);
   scratch_frame frame(slot * slots);
   float* base = frame.alloc<float>(slot / sizeof(float) * slots);
-  rec_for_each(io, p.cu_seqlens, *a.state, p.policy, [&](const rec_item& it, int worker) {
+  rec_for_each(io, p.cu_seqlens, *a.state, p.policy, rec_token_window, [&](const rec_item& it, int worker) {
     float* kn = base + slot / sizeof(float) * worker;
     float* qs = kn + scratch_frame::bytes_for<float>(dk) / sizeof(float);
     for (index_t t = it.t0; t < it.t1; ++t) {
@@ -166,7 +166,7 @@ inline void delta_chunk_kernel(Arch arch, const delta_args& a) {
   scratch_frame frame(slot * slots);
   float* base = frame.alloc<float>(slot / sizeof(float) * slots);
 
-  rec_for_each(io, p.cu_seqlens, *a.state, p.policy, [&](const rec_item& it, int worker) {
+  rec_for_each(io, p.cu_seqlens, *a.state, p.policy, C, [&](const rec_item& it, int worker) {
     float* ptr = base + slot / sizeof(float) * worker;
     auto take = [&ptr](std::size_t bytes) {
       float* r = ptr;
@@ -175,11 +175,11 @@ inline void delta_chunk_kernel(Arch arch, const delta_args& a) {
     };
     float* qn = take(mk);   // [C, d_k] scale * (normalised) q
     float* kn = take(mk);   // [C, d_k] (normalised) k
-    float* kw = take(mk);   // [C, d_k] gamma_i k_i, then gamma_i q_i, then exp(r_{c-1} - r_j) k_j
+    float* kw = take(mk);   // [C, d_k] gated: gamma_i k_i, then gamma_i q_i, then exp(r_{c-1} - r_j) k_j
     float* W = take(mk);    // [C, d_k]
     float* U = take(mv);    // [C, d_v]
     float* M = take(mc);    // [C, C] K K^T, then Q K^T
-    float* T = take(mc);    // [C, C]
+    float* T = take(mc);    // [C, ldt]
     float* Gm = take(mc);   // [C, C] Gam (gated only)
     float* r = take(vc);    // [C] r_i
     float* bt = take(vc);   // [ldt] beta_i, zero past the chunk
@@ -225,9 +225,12 @@ inline void delta_chunk_kernel(Arch arch, const delta_args& a) {
       delta_build_t(arch, M, C, bt, T, ldt, c);
 
       // U = T V - T diag(gamma) K S: the values each token writes after the corrections.
-      for (index_t i = 0; i < c; ++i)
-        rec_scale_mul(arch, gated ? gam[i] : 1.f, kn + i * dk, nullptr, kw + i * dk, dk);
-      simd::gemm_nn(c, dk, c, 1.f, T, ldt, kw, dk, 0.f, W, dk);
+      const float* kg = kn;
+      if (gated) {
+        for (index_t i = 0; i < c; ++i) rec_scale_mul(arch, gam[i], kn + i * dk, nullptr, kw + i * dk, dk);
+        kg = kw;
+      }
+      simd::gemm_nn(c, dk, c, 1.f, T, ldt, kg, dk, 0.f, W, dk);
       simd::gemm_nn(c, dv, c, 1.f, T, ldt, vcp, ldv, 0.f, U, dv);
       simd::gemm_nn(c, dv, dk, -1.f, W, dk, S, dv, 1.f, U, dv);
 

@@ -79,7 +79,7 @@ inline void gla_recurrent_kernel(Arch arch, const gla_args& a) {
   const int slots = worker_slots(a.params->policy);
   scratch_frame frame(slot * slots);
   float* base = frame.alloc<float>(slot / sizeof(float) * slots);
-  rec_for_each(io, a.params->cu_seqlens, *a.state, a.params->policy, [&](const rec_item& it, int worker) {
+  rec_for_each(io, a.params->cu_seqlens, *a.state, a.params->policy, rec_token_window, [&](const rec_item& it, int worker) {
     float* decay = base + slot / sizeof(float) * worker;
     float* qs = decay + scratch_frame::bytes_for<float>(dk) / sizeof(float);
     for (index_t t = it.t0; t < it.t1; ++t) {
@@ -127,7 +127,7 @@ inline void gla_chunk_kernel(Arch arch, const gla_args& a) {
   scratch_frame frame(slot * slots);
   float* base = frame.alloc<float>(slot / sizeof(float) * slots);
 
-  rec_for_each(io, a.params->cu_seqlens, *a.state, a.params->policy, [&](const rec_item& it, int worker) {
+  rec_for_each(io, a.params->cu_seqlens, *a.state, a.params->policy, C, [&](const rec_item& it, int worker) {
     float* p = base + slot / sizeof(float) * worker;
     auto take = [&p](std::size_t bytes) {
       float* r = p;

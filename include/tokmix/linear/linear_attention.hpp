@@ -210,14 +210,22 @@ class linear_attention_item {
   static std::size_t scratch_bytes(const linear_attention_args& a) {
     const index_t dk = a.q.dim(3), dv = a.v.dim(3), F = feature_map_dim(a.p->phi, dk), C = chunk(a);
     using sf = scratch_frame;
+    // S and z only for the non-causal form; the causal form works in the state.
     return sf::bytes_for<float>(F * dv) + sf::bytes_for<float>(F) + 2 * sf::bytes_for<float>(C * F) +
            sf::bytes_for<float>(C * C) + sf::bytes_for<float>(C) + sf::bytes_for<float>(dk);
   }
 
   // Buffers from the caller's frame, state loaded.
   void begin(scratch_frame& frame) {
-    s_ = frame.alloc<float>(F_ * dv_);
-    z_ = frame.alloc<float>(F_);
+    if (a_.state) {
+      // The state's own storage (dense [F, dv] per batch and kv head): a decode
+      // step must not copy S in and out.
+      s_ = a_.state->S().ptr(b_, g_);
+      z_ = a_.state->z().ptr(b_, g_);
+    } else {
+      s_ = frame.alloc<float>(F_ * dv_);
+      z_ = frame.alloc<float>(F_);
+    }
     phik_ = frame.alloc<float>(C_ * F_);
     phiq_ = frame.alloc<float>(C_ * F_);
     att_ = frame.alloc<float>(C_ * C_);
@@ -261,35 +269,23 @@ class linear_attention_item {
   void load_state() {
     empty_ = true;
     shift_ = 0.f;
-    std::fill(z_, z_ + F_, 0.f);
     if (!a_.state) {
       std::fill(s_, s_ + F_ * dv_, 0.f);
+      std::fill(z_, z_ + F_, 0.f);
       return;
     }
-    const auto S = a_.state->S();
-    const auto z = a_.state->z();
-    for (index_t f = 0; f < F_; ++f) {
-      const float* sr = S.ptr(b_, g_, f);
-      float* d = s_ + f * dv_;
-      for (index_t j = 0; j < dv_; ++j) {
-        d[j] = sr[j];
-        empty_ = empty_ && sr[j] == 0.f;
-      }
-      z_[f] = z(b_, g_, f);
-      empty_ = empty_ && z_[f] == 0.f;
-    }
     shift_ = a_.state->key_shift()(b_, g_);
+    // Only the stabiliser needs to know whether the state is still empty
+    // (then the first key maximum sets the shift, which may be negative).
+    if (stab_) {
+      for (index_t i = 0; i < F_ * dv_ && empty_; ++i) empty_ = s_[i] == 0.f;
+      for (index_t i = 0; i < F_ && empty_; ++i) empty_ = z_[i] == 0.f;
+    } else {
+      empty_ = false;
+    }
   }
 
-  void store_state() {
-    auto S = a_.state->S();
-    auto z = a_.state->z();
-    for (index_t f = 0; f < F_; ++f) {
-      std::copy(s_ + f * dv_, s_ + (f + 1) * dv_, S.ptr(b_, g_, f));
-      z(b_, g_, f) = z_[f];
-    }
-    a_.state->key_shift()(b_, g_) = shift_;
-  }
+  void store_state() { a_.state->key_shift()(b_, g_) = shift_; }
 
   // S += phi(K)^T V, z += column sums of phi(K), for the keys last loaded.
   void update_state(index_t t0, index_t n) {

@@ -83,7 +83,7 @@ inline void retention_recurrent_kernel(Arch arch, const retention_args& a) {
   const int slots = worker_slots(a.params->policy);
   scratch_frame frame(slot * slots);
   float* base = frame.alloc<float>(slot / sizeof(float) * slots);
-  rec_for_each(io, a.params->cu_seqlens, *a.state, a.params->policy, [&](const rec_item& it, int worker) {
+  rec_for_each(io, a.params->cu_seqlens, *a.state, a.params->policy, rec_token_window, [&](const rec_item& it, int worker) {
     float* decay = base + slot / sizeof(float) * worker;
     float* qs = decay + scratch_frame::bytes_for<float>(dk) / sizeof(float);
     std::fill(decay, decay + dk, static_cast<float>(std::exp(retention_log_gamma(*a.params, it.h))));
@@ -104,18 +104,24 @@ inline void retention_chunk_kernel(Arch arch, const retention_args& a) {
   const index_t ldq = io.q.stride(1), ldk = io.k.stride(1), ldv = io.v.stride(1), ldo = io.o.stride(1);
 
   const std::size_t mat = scratch_frame::bytes_for<float>(C * dk);
-  const std::size_t slot = 2 * mat + scratch_frame::bytes_for<float>(C * C) + scratch_frame::bytes_for<float>(C + 1);
+  const std::size_t slot = 2 * mat + scratch_frame::bytes_for<float>(C * C);
   const int slots = worker_slots(a.params->policy);
-  scratch_frame frame(slot * slots);
+  const index_t heads = io.q.dim(2);
+  const std::size_t table = scratch_frame::bytes_for<float>(heads * (C + 1));
+  scratch_frame frame(slot * slots + table);
   float* base = frame.alloc<float>(slot / sizeof(float) * slots);
+  // gamma_h^i for i in [0, C], every head: read-only, shared by the workers.
+  float* powers = frame.alloc<float>(static_cast<std::size_t>(heads * (C + 1)));
+  for (index_t h = 0; h < heads; ++h) {
+    const double lg = retention_log_gamma(*a.params, h);
+    for (index_t i = 0; i <= C; ++i) powers[h * (C + 1) + i] = static_cast<float>(std::exp(lg * static_cast<double>(i)));
+  }
 
-  rec_for_each(io, a.params->cu_seqlens, *a.state, a.params->policy, [&](const rec_item& it, int worker) {
+  rec_for_each(io, a.params->cu_seqlens, *a.state, a.params->policy, C, [&](const rec_item& it, int worker) {
     float* qx = base + slot / sizeof(float) * worker;          // [C, d_k] scale gamma^(i+1) q_i
     float* ke = qx + mat / sizeof(float);                        // [C, d_k] gamma^(c-1-j) k_j
     float* A = ke + mat / sizeof(float);                         // [C, C]
-    float* pw = A + scratch_frame::bytes_for<float>(C * C) / sizeof(float);  // [C + 1] gamma^i
-    const double lg = retention_log_gamma(*a.params, it.h);
-    for (index_t i = 0; i <= C; ++i) pw[i] = static_cast<float>(std::exp(lg * static_cast<double>(i)));
+    const float* pw = powers + it.h * (C + 1);                   // [C + 1] gamma^i
     float* S = it.S;
     for (index_t pos = it.t0; pos < it.t1; pos += C) {
       const index_t c = std::min(C, it.t1 - pos);

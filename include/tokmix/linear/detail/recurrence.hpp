@@ -191,30 +191,48 @@ inline void rec_require_scale(float scale) {
   require(std::isnan(scale) || std::isfinite(scale), "scale", "finite (or NaN for 1/sqrt(d_k))", scale);
 }
 
-// Runs body(item, worker) for every (sequence, head) with a non-empty token
-// range, over the params' policy. The state pointer is the item's own block, so
-// items never share memory they write.
+// Runs body(item, worker) over every (sequence, head), the sequence cut into
+// windows of `window` tokens, over the params' policy. A work item is one
+// sequence and a group of heads (as many groups as workers), walked window by
+// window with the group's heads inside: a window's rows of all heads are
+// neighbours in memory ([seq, heads, d] layout), so they are read while their
+// pages and lines are still cached, instead of every head striding through the
+// whole sequence on its own (a TLB miss per row at long L). Each head's
+// arithmetic depends only on its own window boundaries (multiples of `window`
+// from the sequence start), never on the grouping, so results are the same
+// for every thread count. Items never share the state blocks they write.
 template <class Body>
 inline void rec_for_each(const rec_io& io, const tensor_view<const std::int32_t, 1>& cu, kv_state& state,
-                         const exec_policy& policy, Body&& body) {
+                         const exec_policy& policy, index_t window, Body&& body) {
   const index_t batch = io.q.dim(0), seq = io.q.dim(1), heads = io.q.dim(2);
   const bool varlen = rec_given(cu);
   const index_t n_seqs = varlen ? cu.dim(0) - 1 : batch;
   if (n_seqs == 0 || seq == 0 || heads == 0) return;
   const index_t block = state.key_dim() * state.value_dim();
+  const index_t workers = policy.mode() == exec_policy::kind::serial ? 1 : std::max(1, policy.workers());
+  const index_t groups = std::min(heads, workers);
   float* base = state.S().data();
-  parallel_for(policy, n_seqs * heads, [&](index_t i, int worker) {
+  parallel_for(policy, n_seqs * groups, [&](index_t i, int worker) {
+    const index_t s = i / groups, grp = i % groups;
+    const index_t h0 = grp * heads / groups, h1 = (grp + 1) * heads / groups;
+    const index_t t0 = varlen ? cu(s) : 0, t1 = varlen ? cu(s + 1) : seq;
     rec_item it;
-    const index_t s = i / heads;
-    it.h = i % heads;
     it.bi = varlen ? 0 : s;
-    it.t0 = varlen ? cu(s) : 0;
-    it.t1 = varlen ? cu(s + 1) : seq;
-    if (it.t0 == it.t1) return;  // empty sequence: its state stays as it is
-    it.S = base + (s * heads + it.h) * block;
-    body(it, worker);
+    for (index_t w0 = t0; w0 < t1; w0 += window) {
+      it.t0 = w0;
+      it.t1 = std::min(t1, w0 + window);
+      for (index_t h = h0; h < h1; ++h) {
+        it.h = h;
+        it.S = base + (s * heads + h) * block;
+        body(it, worker);
+      }
+    }
   });
 }
+
+// Tokens per window of the token loops: a head's state (d_k x d_v) is reloaded
+// once per window, a small cost next to 64 tokens of updates.
+constexpr index_t rec_token_window = 64;
 
 // ---- small vector kernels -------------------------------------------------------
 
