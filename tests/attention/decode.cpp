@@ -193,6 +193,27 @@ TEST_CASE("attention_decode: mask options", "[attention][decode]") {
   }
 }
 
+TEST_CASE("attention_decode: 16-bit q and o, Eigen tensors", "[attention][decode]") {
+  const index_t T_len = 33, n = 2, Hq = 4, Hkv = 2, D = 32;
+  sequence s(1, T_len, Hq, Hkv, D, D, 21u);
+  for (auto& x : s.q) x = float(Eigen::bfloat16(x));
+  tokmix::kv_cache<float> cache(1, Hkv, D, T_len);
+  cache.append(s.ks(0, T_len), s.vs(0, T_len));
+  Eigen::Tensor<Eigen::bfloat16, 4, Eigen::RowMajor> q(1, n, Hq, D);
+  for (index_t i = 0; i < n; ++i)
+    for (index_t h = 0; h < Hq; ++h)
+      for (index_t d = 0; d < D; ++d) q(0, i, h, d) = Eigen::bfloat16(s.qs(T_len - n, n)(0, i, h, d));
+  Eigen::Tensor<Eigen::half, 4, Eigen::RowMajor> o(1, n, Hq, D);
+  Eigen::Tensor<float, 3, Eigen::RowMajor> lse(1, Hq, n);
+  tokmix::attention_decode(q, cache, o, lse);
+  const auto ref = run_reference(s, T_len, n, {});
+  std::vector<float> got(o.size());
+  for (index_t i = 0; i < o.size(); ++i) got[static_cast<std::size_t>(i)] = float(o.data()[i]);
+  // One fp16 rounding of outputs below 1 in magnitude.
+  TOKMIX_REQUIRE_CLOSE(got.data(), ref.o.data(), got.size(), 5e-4, 1e-3);
+  TOKMIX_REQUIRE_CLOSE(lse.data(), ref.lse.data(), ref.lse.size(), 2e-5, 1e-4);
+}
+
 TEST_CASE("attention_decode: huge logits stay finite", "[attention][decode]") {
   // q scaled so scores reach ~1e4.
   sequence s(1, 50, 4, 1, 64, 64, 77u, 1.f);
