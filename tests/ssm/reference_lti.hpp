@@ -57,5 +57,33 @@ inline std::vector<double> dilated(const std::vector<float>& x, std::size_t B, s
   return in;
 }
 
+
+// Diagonal LTI recurrence in complex float64. u dense [B, L, H]; params
+// [H, N] (discretised); s (re/im interleaved as complex) [B, H, N] in/out.
+struct lti_sys_ref {
+  std::size_t H, N;
+  std::vector<cd> lambda, b, c;
+  std::vector<double> d;  // [H] or empty
+};
+
+inline std::vector<double> lti(const std::vector<float>& u, std::size_t B, std::size_t L, const lti_sys_ref& p,
+                               std::vector<cd>& s) {
+  const std::size_t H = p.H, N = p.N;
+  std::vector<double> y(B * L * H, 0.0);
+  for (std::size_t bi = 0; bi < B; ++bi)
+    for (std::size_t h = 0; h < H; ++h)
+      for (std::size_t t = 0; t < L; ++t) {
+        const double ut = u[(bi * L + t) * H + h];
+        double acc = p.d.empty() ? 0.0 : p.d[h] * ut;
+        for (std::size_t n = 0; n < N; ++n) {
+          cd& st = s[(bi * H + h) * N + n];
+          st = p.lambda[h * N + n] * st + p.b[h * N + n] * ut;
+          acc += (p.c[h * N + n] * st).real();
+        }
+        y[(bi * L + t) * H + h] = acc;
+      }
+  return y;
+}
+
 }  // namespace lti_ref
 }  // namespace tokmix_test
