@@ -85,5 +85,30 @@ inline std::vector<double> lti(const std::vector<float>& u, std::size_t B, std::
   return y;
 }
 
+
+// AFT from the definition with a log-sum-exp per (t, c); w(t, t') is the full
+// bias (0 outside a local window is the caller's business). Dense [B, L, d].
+template <class W>
+std::vector<double> aft(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+                        std::size_t B, std::size_t L, std::size_t d, W&& w, bool causal) {
+  std::vector<double> y(B * L * d);
+  for (std::size_t b = 0; b < B; ++b)
+    for (std::size_t t = 0; t < L; ++t)
+      for (std::size_t c = 0; c < d; ++c) {
+        const std::size_t end = causal ? t + 1 : L;
+        double mx = -1e300;
+        for (std::size_t tp = 0; tp < end; ++tp) mx = std::max(mx, double(k[(b * L + tp) * d + c]) + w(t, tp));
+        double num = 0, den = 0;
+        for (std::size_t tp = 0; tp < end; ++tp) {
+          const double e = std::exp(double(k[(b * L + tp) * d + c]) + w(t, tp) - mx);
+          num += e * v[(b * L + tp) * d + c];
+          den += e;
+        }
+        const double qq = q[(b * L + t) * d + c];
+        y[(b * L + t) * d + c] = 1.0 / (1.0 + std::exp(-qq)) * num / den;
+      }
+  return y;
+}
+
 }  // namespace lti_ref
 }  // namespace tokmix_test
