@@ -53,6 +53,21 @@ inline void require_data(const char* argument, const void* p, index_t n) {
   require(p != nullptr || n == 0, argument, "a non-null pointer when the length is > 0", "nullptr");
 }
 
+// Integer lane selection without xsimd::select: xsimd 8.1's AVX-512BW select on
+// integer batches does not compile at -O0 (GCC's blend intrinsics are macros
+// there whose casts reject xsimd's batch class), and users build Debug too.
+// `mask` lanes are 0 or all ones.
+template <class Arch>
+inline ibatch<Arch> blend_bits(const ibatch<Arch>& mask, const ibatch<Arch>& if_set, const ibatch<Arch>& if_clear) noexcept {
+  return (if_set & mask) | (if_clear & ~mask);
+}
+
+// All ones where x < y; the caller guarantees x - y does not overflow.
+template <class Arch>
+inline ibatch<Arch> less_mask(const ibatch<Arch>& x, const ibatch<Arch>& y) noexcept {
+  return (x - y) >> 31;  // arithmetic shift of the sign bit
+}
+
 // n < lanes floats, the rest of the batch set to `fill` (the identity of the
 // reduction that follows, or a harmless value for an elementwise map).
 template <class Arch>

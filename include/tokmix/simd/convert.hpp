@@ -60,10 +60,10 @@ inline fbatch<Arch> half_bits_to_float(const ibatch<Arch>& h) noexcept {
   const ib sign = (h & ib(0x8000)) << 16;
   // Rebias the exponent (15 -> 127) for normals; inf/NaN need it pushed to 255.
   ib bits = (em << 13) + ib(112 << 23);
-  bits = xsimd::select(em >= ib(0x7c00), bits + ib(112 << 23), bits);
+  bits = blend_bits<Arch>(less_mask<Arch>(ib(0x7bff), em), bits + ib(112 << 23), bits);  // em >= 0x7c00
   // Subnormal halves are m * 2^-24: exact through an int -> float conversion.
   const fb sub = xsimd::to_float(em) * fb(5.9604644775390625e-8f);
-  bits = xsimd::select(em < ib(0x0400), xsimd::bitwise_cast<ib>(sub), bits);
+  bits = blend_bits<Arch>(less_mask<Arch>(em, ib(0x0400)), xsimd::bitwise_cast<ib>(sub), bits);
   return xsimd::bitwise_cast<fb>(bits | sign);
 }
 
@@ -81,9 +81,9 @@ inline ibatch<Arch> float_to_half_bits(const fbatch<Arch>& f) noexcept {
   // Subnormal halves: adding 0.5 puts the value on the half-subnormal grid
   // (ulp(0.5) = 2^-24) and the FPU rounds to nearest even for us.
   const ib sub = xsimd::bitwise_cast<ib>(xsimd::bitwise_cast<fb>(a) + fb(0.5f)) - ib(0x3f000000);
-  const ib big = xsimd::select(a > ib(0x7f800000), ib(0x7e00), ib(0x7c00));
-  ib h = xsimd::select(a < ib(113 << 23), sub, normal);
-  h = xsimd::select(a >= ib(143 << 23), big, h);  // |f| >= 65536, inf, NaN
+  const ib big = blend_bits<Arch>(less_mask<Arch>(ib(0x7f800000), a), ib(0x7e00), ib(0x7c00));  // NaN : inf
+  ib h = blend_bits<Arch>(less_mask<Arch>(a, ib(113 << 23)), sub, normal);
+  h = blend_bits<Arch>(less_mask<Arch>(ib((143 << 23) - 1), a), big, h);  // |f| >= 65536, inf, NaN
   return h | sign;
 }
 
@@ -100,7 +100,7 @@ inline ibatch<Arch> float_to_bf16_bits(const fbatch<Arch>& f) noexcept {
   // result are stored, so the arithmetic shift is as good as a logical one.
   const ib rounded = (u + ib(0x7fff) + ((u >> 16) & ib(1))) >> 16;
   const ib quiet_nan = ((u >> 16) & ib(0x8000)) | ib(0x7fc0);
-  return xsimd::select((u & ib(0x7fffffff)) > ib(0x7f800000), quiet_nan, rounded);
+  return blend_bits<Arch>(less_mask<Arch>(ib(0x7f800000), u & ib(0x7fffffff)), quiet_nan, rounded);
 }
 
 template <class Arch, class ToFloat>
