@@ -119,12 +119,14 @@ TEST_CASE("lti: two prefills == one prefill == steps", "[ssm][lti]") {
   const tensor_view<const float, 3> u(uv.data(), {B, L, H});
   std::vector<float> y_one(uv.size()), y_two(uv.size()), y_step(uv.size());
   lti_state one(B, H, N), two(B, H, N), step(B, H, N);
-  lti_prefill(u, sys.params(), one, tensor_view<float, 3>(y_one.data(), {B, L, H}));
+  lti_options fft;
+  fft.path = lti_path::fft;
+  lti_prefill(u, sys.params(), one, tensor_view<float, 3>(y_one.data(), {B, L, H}), fft);
   const tensor_view<float, 3> y2(y_two.data(), {B, L, H});
   lti_prefill(tensor_view<const float, 3>(uv.data(), {B, L1, H}, u.strides()), sys.params(), two,
-              tensor_view<float, 3>(y2.data(), {B, L1, H}, y2.strides()));
+              tensor_view<float, 3>(y2.data(), {B, L1, H}, y2.strides()), fft);
   lti_prefill(tensor_view<const float, 3>(u.ptr(0, L1, 0), {B, L2, H}, u.strides()), sys.params(), two,
-              tensor_view<float, 3>(y2.ptr(0, L1, 0), {B, L2, H}, y2.strides()));
+              tensor_view<float, 3>(y2.ptr(0, L1, 0), {B, L2, H}, y2.strides()), fft);
   const tensor_view<float, 3> ys(y_step.data(), {B, L, H});
   for (index_t t = 0; t < L; ++t)
     lti_step(tensor_view<const float, 2>(u.ptr(0, t, 0), {B, H}, {u.stride(0), 1}), sys.params(), step,
@@ -152,7 +154,10 @@ TEST_CASE("lti: LRU with |Lambda| near 1 stays finite and accurate at L = 65536"
   const auto uv = random_floats(std::size_t(B * L * H), 5);
   std::vector<float> y(uv.size());
   lti_state st(B, H, N);
-  lti_prefill(tensor_view<const float, 3>(uv.data(), {B, L, H}), sys.params(), st, tensor_view<float, 3>(y.data(), {B, L, H}));
+  lti_options fft;
+  fft.path = lti_path::fft;
+  lti_prefill(tensor_view<const float, 3>(uv.data(), {B, L, H}), sys.params(), st, tensor_view<float, 3>(y.data(), {B, L, H}),
+              fft);
   std::vector<cd> s_ref(std::size_t(B * H * N), 0.0);
   const auto ref = tokmix_test::lti_ref::lti(uv, std::size_t(B), std::size_t(L), to_ref(sys), s_ref);
   const double m = max_abs(ref);

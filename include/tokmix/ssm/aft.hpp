@@ -102,11 +102,18 @@ inline void aft_rows(Arch, const tensor_view<const float, 3>& q, const tensor_vi
   // m, num, den for this channel block, padded to whole batches.
   const index_t ncp = (nc + S - 1) / S * S;
   const index_t win = w.data ? w.window : 0;
-  tmp.assign(static_cast<std::size_t>(3 * ncp + 2 * win + 1), 0.f);
+  // Rings over the last R tokens (slot t' % R), [R, ncp]: ek = exp(k_t' - m)
+  // with m the running max at t' (causal) or the global max; sc = exp(m_{t'-1}
+  // - m_t'), so exp(k_t' - m_t) = ek_t' * prod_{t' < j <= t} sc_j: the band
+  // needs multiplies only, no exp per (t, t') pair.
+  const index_t R = 2 * win;
+  tmp.assign(static_cast<std::size_t>(3 * ncp + 2 * win + 1 + 2 * R * ncp), 0.f);
   float* m = tmp.data();
   float* num = m + ncp;
   float* den = num + ncp;
   float* a = den + ncp;  // band factors exp(w - M) - exp(-M), indexed t' - t + win - 1
+  float* ring_e = a + 2 * win + 1;
+  float* ring_sc = ring_e + R * ncp;
   std::fill(m, m + ncp, ninf);
   if (st_m) {
     std::copy(st_m, st_m + nc, m);
@@ -130,8 +137,13 @@ inline void aft_rows(Arch, const tensor_view<const float, 3>& q, const tensor_vi
       xsimd::fma(batch::load_unaligned(num + j), sc, e * load(vr, j, 0.f)).store_unaligned(num + j);
       xsimd::fma(batch::load_unaligned(den + j), sc, e).store_unaligned(den + j);
       mn.store_unaligned(m + j);
+      if (R && causal) {
+        e.store_unaligned(ring_e + (tp % R) * ncp + j);
+        sc.store_unaligned(ring_sc + (tp % R) * ncp + j);
+      }
     }
   };
+  index_t filled = 0;  // non-causal: ring_e holds tokens below this
   if (!causal)
     for (index_t tp = 0; tp < L; ++tp) absorb(tp);
   for (index_t t = 0; t < L; ++t) {
@@ -145,15 +157,29 @@ inline void aft_rows(Arch, const tensor_view<const float, 3>& q, const tensor_vi
       e0 = std::exp(-mrow);
       for (index_t tp = lo; tp <= hi; ++tp) a[tp - t + win - 1] = std::exp(w.at(t, tp) - mrow) - e0;
     }
+    if (!causal)
+      for (; filled <= hi; ++filled)
+        for (index_t j = 0; j < ncp; j += S)
+          simd::exp_batch<Arch>(load(k.ptr(b, filled, c0), j, ninf) - batch::load_unaligned(m + j))
+              .store_unaligned(ring_e + (filled % R) * ncp + j);
     const float* qr = q.ptr(b, t, c0);
     float* yr = y.ptr(b, t, c0);
     for (index_t j = 0; j < ncp; j += S) {
-      const batch mj = batch::load_unaligned(m + j);
       batch nu = batch::load_unaligned(num + j) * batch(e0), de = batch::load_unaligned(den + j) * batch(e0);
-      for (index_t tp = lo; tp <= hi; ++tp) {
-        const batch e = simd::exp_batch<Arch>(load(k.ptr(b, tp, c0), j, ninf) - mj) * batch(a[tp - t + win - 1]);
-        nu = xsimd::fma(e, load(v.ptr(b, tp, c0), j, 0.f), nu);
-        de = de + e;
+      if (causal) {
+        batch f(1.f);
+        for (index_t tp = hi; tp >= lo; --tp) {
+          const batch e = batch::load_unaligned(ring_e + (tp % R) * ncp + j) * f * batch(a[tp - t + win - 1]);
+          nu = xsimd::fma(e, load(v.ptr(b, tp, c0), j, 0.f), nu);
+          de = de + e;
+          f = f * batch::load_unaligned(ring_sc + (tp % R) * ncp + j);
+        }
+      } else {
+        for (index_t tp = lo; tp <= hi; ++tp) {
+          const batch e = batch::load_unaligned(ring_e + (tp % R) * ncp + j) * batch(a[tp - t + win - 1]);
+          nu = xsimd::fma(e, load(v.ptr(b, tp, c0), j, 0.f), nu);
+          de = de + e;
+        }
       }
       const batch out = simd::sigmoid_batch<Arch>(load(qr, j, 0.f)) * nu / de;
       if (j + S <= nc) out.store_unaligned(yr + j);

@@ -191,16 +191,25 @@ class lti_state {
   Eigen::Tensor<float, 3, Eigen::RowMajor> re_, im_;
 };
 
-enum class lti_path { fft, recurrent };
+enum class lti_path { automatic, fft, recurrent };
+
+// `automatic` takes the FFT path when N > lti_fft_min_state_per_log2 *
+// log2(2L). Measured here (bench/lti.cpp, H = 256, one thread): the
+// recurrence costs ~0.7 ns per token and state, the FFT path ~7 ns per token
+// and log2(2L) (three real transforms per head dominate; the kernel and the
+// final state are small matrix products), so at N = 64 the recurrence is
+// faster at every L and the FFT pays off only for N above ~10 log2(2L).
+constexpr double lti_fft_min_state_per_log2 = 10.0;
 
 struct lti_options {
-  lti_path path = lti_path::fft;
+  lti_path path = lti_path::automatic;
   exec_policy policy;
 };
 
 namespace detail {
 
 constexpr index_t lti_block = 64;
+constexpr index_t lti_head_block = 16;
 
 inline void lti_validate(const tensor_view<const float, 3>& u, const lti_params& p, const lti_state* st,
                          const tensor_view<float, 3>& y) {
@@ -350,33 +359,44 @@ struct lti_worker {
   std::vector<std::complex<double>> w;
 };
 
-constexpr index_t lti_head_block = 16;
-
 template <class Arch>
 inline void lti_kernel(Arch arch, const tensor_view<const float, 3>& u, const lti_params& p, lti_state* st,
                        const tensor_view<float, 3>& y, const lti_options& opts) {
   const index_t nb = u.dim(0), L = u.dim(1), H = u.dim(2), N = p.lambda_re.dim(1);
   if (nb == 0 || L == 0 || H == 0) return;
   auto prow = [&](const tensor_view<const float, 2>& v, index_t h) { return v.ptr(h, 0); };
-  if (opts.path == lti_path::recurrent) {
-    // Without a state the recurrence still needs one: per-worker zeros.
+  const bool recurrent =
+      opts.path == lti_path::recurrent ||
+      (opts.path == lti_path::automatic && double(N) <= lti_fft_min_state_per_log2 * std::log2(2.0 * double(L)));
+  if (recurrent) {
+    // A work item is a block of heads of one sequence, walked token-major: a
+    // token reads one short stretch of u and y and the block's states stay in
+    // L1 (one head per item walked the [L, H] rows one float at a time and
+    // missed the cache on every token once L * H left it). Without a state the
+    // recurrence still needs one: per-worker zeros.
     const int slots = worker_slots(opts.policy);
-    std::vector<std::vector<float>> tmp(static_cast<std::size_t>(slots), std::vector<float>(static_cast<std::size_t>(2 * N)));
-    parallel_for(opts.policy, nb * H, [&](index_t item, int w) {
-      const index_t b = item / H, h = item % H;
-      float *sr, *si;
-      if (st) {
-        sr = st->re().ptr(b, h, 0);
-        si = st->im().ptr(b, h, 0);
-      } else {
-        auto& t = tmp[static_cast<std::size_t>(w)];
-        std::fill(t.begin(), t.end(), 0.f);
-        sr = t.data();
-        si = t.data() + N;
-      }
-      lti_recurrent_row(arch, u.ptr(b, 0, h), u.stride(1), y.ptr(b, 0, h), y.stride(1), L, prow(p.lambda_re, h),
-                        prow(p.lambda_im, h), prow(p.b_re, h), prow(p.b_im, h), prow(p.c_re, h), prow(p.c_im, h),
-                        p.d.data() ? p.d(h) : 0.f, N, sr, si);
+    std::vector<std::vector<float>> tmp(static_cast<std::size_t>(slots));
+    // Few blocks (each re-walks every row of u), but at most 64 heads so the
+    // block's states (64 KB at N = 64) stay near L1: 64 measured faster than
+    // both 16 and all 256 heads at H = 256, L = 4096 and 65536.
+    const index_t want = std::max<index_t>(1, std::min<index_t>(slots, (H + lti_head_block - 1) / lti_head_block));
+    const index_t span = std::min<index_t>(
+        4 * lti_head_block, ((H + want - 1) / want + lti_head_block - 1) / lti_head_block * lti_head_block);
+    const index_t n_blocks = (H + span - 1) / span;
+    parallel_for(opts.policy, nb * n_blocks, [&](index_t item, int w) {
+      const index_t b = item / n_blocks, h0 = (item % n_blocks) * span;
+      const index_t nh = std::min(span, H - h0);
+      auto& t = tmp[static_cast<std::size_t>(w)];
+      if (!st) t.assign(static_cast<std::size_t>(2 * N * nh), 0.f);
+      auto sre = [&](index_t c) { return st ? st->re().ptr(b, h0 + c, 0) : t.data() + 2 * N * c; };
+      auto sim = [&](index_t c) { return st ? st->im().ptr(b, h0 + c, 0) : t.data() + 2 * N * c + N; };
+      for (index_t tok = 0; tok < L; ++tok)
+        for (index_t c = 0; c < nh; ++c) {
+          const index_t h = h0 + c;
+          lti_recurrent_row(arch, u.ptr(b, tok, h), 0, y.ptr(b, tok, h), 0, 1, prow(p.lambda_re, h),
+                            prow(p.lambda_im, h), prow(p.b_re, h), prow(p.b_im, h), prow(p.c_re, h), prow(p.c_im, h),
+                            p.d.data() ? p.d(h) : 0.f, N, sre(c), sim(c));
+        }
     });
     return;
   }
