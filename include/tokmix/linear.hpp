@@ -1,23 +1,12 @@
 #pragma once
 // Umbrella header: linear attention, its feature maps and the gated / decaying
 // linear recurrences (../shared/MIXERS.md, "Linear attention" and "Gated and
-// decaying linear recurrences"). Headers still being written are picked up
-// when they appear.
+// decaying linear recurrences").
 #include "tokmix/linear/gla.hpp"
 #include "tokmix/linear/retention.hpp"
 #include "tokmix/linear/delta_rule.hpp"
-#if __has_include("tokmix/linear/feature_maps.hpp")
 #include "tokmix/linear/feature_maps.hpp"
-#endif
-#if __has_include("tokmix/linear/linear_attention.hpp")
 #include "tokmix/linear/linear_attention.hpp"
-#endif
-#if __has_include("tokmix/linear/random_features.hpp")
 #include "tokmix/linear/random_features.hpp"
-#endif
-#if __has_include("tokmix/linear/kernelized_relpos.hpp")
 #include "tokmix/linear/kernelized_relpos.hpp"
-#endif
-#if __has_include("tokmix/linear/galerkin.hpp")
 #include "tokmix/linear/galerkin.hpp"
-#endif

@@ -8,3 +8,4 @@
 #include "tokmix/simd/online_softmax.hpp"
 #include "tokmix/simd/convert.hpp"
 #include "tokmix/simd/gemm.hpp"
+#include "tokmix/simd/fft.hpp"
