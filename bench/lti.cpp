@@ -9,7 +9,8 @@
 // the target (16 is linear).
 //
 // FLOPs (model counts, the same for every impl of a case so rates compare):
-//   long_conv: 2 d sum_t min(t + 1, K)  (the direct sum; the FFT does fewer)
+//   long_conv: 2 d sum_t min(t + 1, K)  (the direct sum; the FFT does fewer);
+//              short filters (K = 16, 64, 256 at L = 8192) place the switch
 //   s4d      : 10 L H N  (complex multiply-add of the state, real output term)
 //   aft      : local 4 L d s (exps not counted); simple is reported as
 //              bandwidth (q, k, v read and y written once: 16 L d bytes)
@@ -40,19 +41,21 @@ std::vector<float> uniform(std::size_t n, unsigned seed, float lo, float hi) {
 
 constexpr index_t conv_d = 256, ssm_h = 256, ssm_n = 64, aft_d = 256, aft_window = 64;
 
-void bm_long_conv(benchmark::State& state, index_t L, tokmix::long_conv_path path) {
+void bm_long_conv(benchmark::State& state, index_t L, index_t K, tokmix::long_conv_path path) {
   const auto x = uniform(std::size_t(L * conv_d), 1, -1.f, 1.f);
-  auto h = uniform(std::size_t(L * conv_d), 2, -1.f, 1.f);
+  auto h = uniform(std::size_t(K * conv_d), 2, -1.f, 1.f);
   std::vector<float> y(x.size());
   tokmix::long_conv_options o;
   o.path = path;
   for (auto _ : state) {
     tokmix::long_conv(tensor_view<const float, 3>(x.data(), {1, L, conv_d}),
-                      tensor_view<const float, 2>(h.data(), {conv_d, L}), {},
+                      tensor_view<const float, 2>(h.data(), {conv_d, K}), {},
                       tensor_view<float, 3>(y.data(), {1, L, conv_d}), o);
     benchmark::DoNotOptimize(y.data());
   }
-  tokmix_bench::set_gflops(state, double(conv_d) * double(L) * double(L + 1), 1);
+  // 2 d sum_t min(t + 1, K)
+  const double taps = double(K) * double(L) - double(K) * double(K - 1) / 2;
+  tokmix_bench::set_gflops(state, 2.0 * double(conv_d) * taps, 1);
 }
 
 void bm_s4d(benchmark::State& state, index_t L, tokmix::lti_path path) {
@@ -108,9 +111,17 @@ const bool registered = [] {
       const bool fft = path == tokmix::long_conv_path::fft;
       auto* b = tokmix_bench::defaults(benchmark::RegisterBenchmark(
           ("long_conv/d:256/L:" + std::to_string(L) + "/threads:1" + (fft ? "/tokmix" : "/direct")).c_str(),
-          bm_long_conv, L, path));
+          bm_long_conv, L, L, path));
       if (L >= 8192) b->Iterations(1);
     }
+  // Short filters: where long_conv_path::automatic switches (long_conv_direct_max_taps).
+  for (index_t K : {index_t(16), index_t(64), index_t(256)})
+    for (auto path : {tokmix::long_conv_path::fft, tokmix::long_conv_path::direct})
+      tokmix_bench::defaults(benchmark::RegisterBenchmark(
+          ("long_conv/d:256/L:8192/taps:" + std::to_string(K) + "/threads:1" +
+           (path == tokmix::long_conv_path::fft ? "/tokmix" : "/direct"))
+              .c_str(),
+          bm_long_conv, index_t(8192), K, path));
   for (index_t L : {index_t(4096), index_t(65536)})
     for (auto path : {tokmix::lti_path::fft, tokmix::lti_path::recurrent}) {
       const bool fft = path == tokmix::lti_path::fft;
