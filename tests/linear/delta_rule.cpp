@@ -10,11 +10,11 @@
 #include <limits>
 #include <vector>
 
-#include "linear/reference.hpp"
+#include "linear/reference_recurrence.hpp"
 #include "support/compare.hpp"
 
 using namespace tokmix;
-using namespace tokmix_test::linear_ref;
+using namespace tokmix_test::recurrence_ref;
 
 TEST_CASE("delta rule: chunked, token loop and steps match the float64 recurrence", "[linear][delta_rule]") {
   sweep(kind::delta, gates::mild, 5e-5);

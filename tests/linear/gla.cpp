@@ -9,11 +9,11 @@
 #include <limits>
 #include <vector>
 
-#include "linear/reference.hpp"
+#include "linear/reference_recurrence.hpp"
 #include "support/compare.hpp"
 
 using namespace tokmix;
-using namespace tokmix_test::linear_ref;
+using namespace tokmix_test::recurrence_ref;
 
 TEST_CASE("gla: chunked, token loop and steps match the float64 recurrence", "[linear][gla]") {
   sweep(kind::gla, gates::mild, 2e-5);

@@ -9,11 +9,11 @@
 #include <limits>
 #include <vector>
 
-#include "linear/reference.hpp"
+#include "linear/reference_recurrence.hpp"
 #include "support/compare.hpp"
 
 using namespace tokmix;
-using namespace tokmix_test::linear_ref;
+using namespace tokmix_test::recurrence_ref;
 
 TEST_CASE("retention: chunked, token loop and steps match the float64 recurrence", "[linear][retention]") {
   sweep(kind::retention, gates::mild, 2e-5);   // RetNet default decays

@@ -18,7 +18,7 @@
 #include "tokmix/linear/retention.hpp"
 
 namespace tokmix_test {
-namespace linear_ref {
+namespace recurrence_ref {
 
 enum class kind { gla, retention, delta, gated_delta };
 enum class mode { chunk, recurrent, step };
@@ -226,7 +226,7 @@ inline std::vector<float> run(const problem& p, std::vector<float>& S, const run
   auto out3 = [&](index_t t) { return tensor_view<float, 3>(o.buf.data() + t * H * dv, {B, H, dv}, {L * H * dv, dv, 1}); };
 
   switch (p.k) {
-    case linear_ref::kind::gla: {
+    case recurrence_ref::kind::gla: {
       gla_state st(ns, H, dk, dv);
       load_state(st, S);
       gla_params prm;
@@ -243,7 +243,7 @@ inline std::vector<float> run(const problem& p, std::vector<float>& S, const run
       std::copy(st.S().data(), st.S().data() + S.size(), S.begin());
       break;
     }
-    case linear_ref::kind::retention: {
+    case recurrence_ref::kind::retention: {
       retention_state st(ns, H, dk, dv);
       load_state(st, S);
       retention_params prm;
@@ -261,9 +261,9 @@ inline std::vector<float> run(const problem& p, std::vector<float>& S, const run
       std::copy(st.S().data(), st.S().data() + S.size(), S.begin());
       break;
     }
-    case linear_ref::kind::delta:
-    case linear_ref::kind::gated_delta: {
-      const bool gated = p.k == linear_ref::kind::gated_delta;
+    case recurrence_ref::kind::delta:
+    case recurrence_ref::kind::gated_delta: {
+      const bool gated = p.k == recurrence_ref::kind::gated_delta;
       delta_rule_state st(ns, H, dk, dv);
       load_state(st, S);
       delta_rule_params prm;
@@ -355,11 +355,11 @@ inline problem slice(const problem& p, std::size_t t0, std::size_t t1) {
   return r;
 }
 
-}  // namespace linear_ref
+}  // namespace recurrence_ref
 }  // namespace tokmix_test
 
 namespace tokmix_test {
-namespace linear_ref {
+namespace recurrence_ref {
 
 // The sweep every mixer of the family runs: chunk sizes that do and do not
 // divide L, head dims off the SIMD width, all three modes against float64.
@@ -445,5 +445,5 @@ inline void long_sequence(kind k, gates regime, double tol) {
   CHECK(scaled_error(S, Sr) <= tol);
 }
 
-}  // namespace linear_ref
+}  // namespace recurrence_ref
 }  // namespace tokmix_test
