@@ -48,7 +48,7 @@
 #include <string>
 #include <vector>
 
-#include <unsupported/Eigen/CXX11/Tensor>
+#include "tokmix/core/third_party.hpp"
 
 #include "tokmix/core/error.hpp"
 #include "tokmix/core/scratch.hpp"

@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include <Eigen/Core>
+#include "tokmix/core/third_party.hpp"
 
 #include "tokmix/simd/arch.hpp"
 

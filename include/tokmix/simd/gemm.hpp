@@ -20,7 +20,7 @@
 #include <cstddef>
 #include <string>
 
-#include <xsimd/xsimd.hpp>
+#include "tokmix/simd/arch.hpp"
 
 #include "tokmix/core/error.hpp"
 #include "tokmix/core/tensor_view.hpp"

@@ -7,12 +7,13 @@
 
 #include <cstddef>
 
-#include <xsimd/xsimd.hpp>
+#include "tokmix/simd/arch.hpp"
 
 #include "tokmix/core/element.hpp"
 #include "tokmix/core/tensor_view.hpp"
 #include "tokmix/simd/convert.hpp"
 
+TOKMIX_SIMD_AVX512_WARNINGS_OFF
 namespace tokmix {
 namespace detail {
 
@@ -164,3 +165,4 @@ inline void decode_pv(Arch, const float* p, index_t ldp, index_t rows, const T* 
 
 }  // namespace detail
 }  // namespace tokmix
+TOKMIX_SIMD_AVX512_WARNINGS_ON

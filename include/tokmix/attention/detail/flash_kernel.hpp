@@ -24,7 +24,7 @@
 #include <type_traits>
 #include <vector>
 
-#include <xsimd/xsimd.hpp>
+#include "tokmix/simd/arch.hpp"
 
 #include "tokmix/attention/mask.hpp"
 #include "tokmix/attention/params.hpp"
@@ -32,7 +32,6 @@
 #include "tokmix/core/scratch.hpp"
 #include "tokmix/core/tensor_view.hpp"
 #include "tokmix/core/threading.hpp"
-#include "tokmix/simd/arch.hpp"
 #include "tokmix/simd/convert.hpp"
 
 TOKMIX_SIMD_AVX512_WARNINGS_OFF
