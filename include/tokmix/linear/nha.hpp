@@ -47,7 +47,7 @@
 //   Ks' = diag(exp(g_0 + R_{c-1})) Ks + sum_j (S_j . exp(R_{c-1} - R_j)) ks_j^T   (Vs' alike)
 // a chunk ends early where min(R_j) would pass -rec_max_span (40), so no factor
 // leaves [e^-40, e^40] (any gates, L = 65536 included). The window part runs
-// flash-attention style over key tiles of its band. All query heads of a kv
+// flash-attention style over key tiles of its band, 32 query tokens at a time. All query heads of a kv
 // head are stacked into the same products (GQA reads k/v/slots once).
 //
 // Shapes (sequence-first, last dim contiguous):
@@ -242,8 +242,21 @@ struct nha_item {
   float *Ks, *Vs, *rk, *rv, *rks, *rg;
 };
 
+inline void nha_store_ring(const nha_args& a, const nha_shape& sh, const nha_item& it);
+
+// Runs body(item, b, e, worker) over every (sequence, kv head), the sequence
+// cut into windows [b, e) of `window` tokens (local indices). A work item is
+// one sequence and a group of kv heads (as many groups as workers), walked
+// window by window with the group's heads inside: a window's rows of all heads
+// are neighbours in memory ([seq, heads, d]), so they are read and written
+// while their pages and lines are cached, instead of every head striding
+// through the whole sequence alone (a TLB miss and a cold line per row at long
+// L). A head's arithmetic depends only on the window boundaries (multiples of
+// `window` from the call's first token), never on the grouping, so results are
+// the same for every thread count. Afterwards each head's rings take the
+// call's last tokens, and the positions advance.
 template <class Body>
-inline void nha_for_each(const nha_args& a, const nha_shape& sh, Body&& body) {
+inline void nha_for_each(const nha_args& a, const nha_shape& sh, index_t window, Body&& body) {
   nha_state& st = *a.state;
   const auto cu = a.params->cu_seqlens;
   const index_t seq = a.q.dim(1);
@@ -255,8 +268,11 @@ inline void nha_for_each(const nha_args& a, const nha_shape& sh, Body&& body) {
   float* rv = st.ring_values().data();
   float* rks = st.ring_slot_keys().data();
   float* rg = st.ring_gates().data();
-  parallel_for(a.params->policy, sh.n_seqs * sh.hkv, [&](index_t i, int worker) {
-    const index_t s = i / sh.hkv, c = i % sh.hkv, blk = s * sh.hkv + c;
+  const exec_policy& policy = a.params->policy;
+  const index_t workers = policy.mode() == exec_policy::kind::serial ? 1 : std::max(1, policy.workers());
+  const index_t groups = std::min(sh.hkv, workers);
+  auto item = [&](index_t s, index_t c) {
+    const index_t blk = s * sh.hkv + c;
     nha_item it;
     it.bi = sh.varlen ? 0 : s;
     it.t0 = sh.varlen ? cu(s) : 0;
@@ -269,7 +285,15 @@ inline void nha_for_each(const nha_args& a, const nha_shape& sh, Body&& body) {
     it.rv = rv + blk * R * sh.dv;
     it.rks = rks + blk * pend * sh.dk;
     it.rg = rg + blk * pend * sh.m;
-    if (it.n > 0) body(it, worker);
+    return it;
+  };
+  parallel_for(policy, sh.n_seqs * groups, [&](index_t i, int worker) {
+    const index_t s = i / groups, grp = i % groups;
+    const index_t c0 = grp * sh.hkv / groups, c1 = (grp + 1) * sh.hkv / groups;
+    const index_t n = sh.varlen ? cu(s + 1) - cu(s) : seq;
+    for (index_t b = 0; b < n; b += window)
+      for (index_t c = c0; c < c1; ++c) body(item(s, c), b, std::min(n, b + window), worker);
+    for (index_t c = c0; c < c1; ++c) nha_store_ring(a, sh, item(s, c));
   });
   // Positions move once per sequence, after every kv head has read them.
   for (index_t s = 0; s < sh.n_seqs; ++s) pos(s) += sh.varlen ? cu(s + 1) - cu(s) : seq;
@@ -370,7 +394,7 @@ inline void nha_token_kernel(Arch arch, const nha_args& a) {
   scratch_frame frame(slot * std::size_t(workers));
   float* base = frame.alloc<float>(slot / fl * std::size_t(workers));
 
-  nha_for_each(a, sh, [&](const nha_item& it, int worker) {
+  nha_for_each(a, sh, rec_token_window, [&](const nha_item& it, index_t tb, index_t te, int worker) {
     float* sc = base + slot / fl * std::size_t(worker);
     float* alpha = sc + scratch_frame::bytes_for<float>(m + nwin) / fl;
     float* sw = alpha + scratch_frame::bytes_for<float>(m) / fl;
@@ -383,7 +407,7 @@ inline void nha_token_kernel(Arch arch, const nha_args& a) {
     auto value_row = [&](std::int64_t j) -> const float* {
       return j >= it.p0 ? a.v.ptr(it.bi, it.t0 + index_t(j - it.p0), it.hk, 0) : it.rv + index_t(j % R) * dv;
     };
-    for (index_t tl = 0; tl < it.n; ++tl) {
+    for (index_t tl = tb; tl < te; ++tl) {
       const std::int64_t step = it.p0 + tl;
       nha_written wt;
       if (nha_written_token(a, sh, it, step, wt)) {
@@ -415,7 +439,6 @@ inline void nha_token_kernel(Arch arch, const nha_args& a) {
         for (index_t r = 0; r < nw; ++r) sx::detail::axpy_kernel(arch, sc[m + r] * inv, value_row(j0 + r), o, dv);
       }
     }
-    nha_store_ring(a, sh, it);
   });
 }
 
@@ -461,6 +484,16 @@ inline void nha_exp_diff_mul(Arch, const float* a, const float* b, const float* 
 // in tiles this wide, so the score buffer stays bounded for any window.
 constexpr index_t nha_key_tile = 128;
 
+// Tokens per row block of the window part. A block of b rows scores b + w - 1
+// keys, w of them visible per row: at w = C = 64 whole chunks score twice what
+// they need, blocks of 32 1.5x, blocks of 16 1.25x, but each block packs its key
+// tile again; 32 measured fastest (3-8% over 16 and 64 at both bench shapes).
+// Past w = 2C the band's waste is small, so whole chunks.
+constexpr index_t nha_row_block_tokens = 32;
+inline index_t nha_row_block(index_t window, index_t chunk) {
+  return window >= 2 * chunk ? chunk : std::min<index_t>(chunk, nha_row_block_tokens);
+}
+
 // A run of window keys stored contiguously: the history copied out of the
 // ring (before the call's first token) or the call's own rows.
 struct nha_segment {
@@ -473,28 +506,24 @@ inline void nha_chunk_kernel(Arch arch, const nha_args& a) {
   const nha_shape sh(a);
   const index_t m = sh.m, dk = sh.dk, dv = sh.dv, G = sh.grp;
   const index_t seq = a.q.dim(1);
-  std::int64_t max_pos = 0;
   index_t max_n = 0;
   {
-    auto pos = a.state->positions();
     for (index_t s = 0; s < sh.n_seqs; ++s) {
-      max_pos = std::max<std::int64_t>(max_pos, pos(s));
       max_n = std::max<index_t>(max_n, sh.varlen ? a.params->cu_seqlens(s + 1) - a.params->cu_seqlens(s) : seq);
     }
   }
   const index_t C = std::min<index_t>(a.params->chunk_size, std::max<index_t>(max_n, 1));
-  const index_t KT = std::min<index_t>(nha_key_tile, C + std::min<index_t>(sh.w, std::max<index_t>(max_n, 1)) - 1);
-  const index_t npre_max = index_t(std::min<std::int64_t>(sh.w - 1, max_pos));
+  const index_t RB = nha_row_block(sh.w, C);
+  const index_t KT = std::min<index_t>(nha_key_tile, RB + std::min<index_t>(sh.w, std::max<index_t>(max_n, 1)) - 1);
   const index_t GC = G * C;
 
   using sf = scratch_frame;
-  const std::size_t sz_pre_k = sf::bytes_for<float>(npre_max * dk), sz_pre_v = sf::bytes_for<float>(npre_max * dv);
   const std::size_t sz_cdk = sf::bytes_for<float>(C * dk), sz_cdv = sf::bytes_for<float>(C * dv);
   const std::size_t sz_cm = sf::bytes_for<float>(C * m), sz_m = sf::bytes_for<float>(m);
   const std::size_t sz_q = sf::bytes_for<float>(GC * dk), sz_p = sf::bytes_for<float>(GC * C);
   const std::size_t sz_a = sf::bytes_for<float>(GC * m), sz_acc = sf::bytes_for<float>(GC * dv);
-  const std::size_t sz_s = sf::bytes_for<float>(GC * KT), sz_row = sf::bytes_for<float>(GC);
-  const std::size_t slot = sz_pre_k + sz_pre_v + sz_cdk + sz_cdv + 5 * sz_cm + 3 * sz_m +
+  const std::size_t sz_s = sf::bytes_for<float>(G * RB * KT), sz_row = sf::bytes_for<float>(GC);
+  const std::size_t slot = sz_cdk + sz_cdv + 5 * sz_cm + 3 * sz_m +
                            (sh.own_slot_qk ? 2 : 1) * sz_q + sz_p + sz_a + sz_acc + sz_s + 2 * sz_row;
   const int workers = worker_slots(a.params->policy);
   sf frame(slot * std::size_t(workers));
@@ -502,15 +531,13 @@ inline void nha_chunk_kernel(Arch arch, const nha_args& a) {
   const index_t ldk = a.k.stride(1), ldv = a.v.stride(1);
   constexpr float ninf = -std::numeric_limits<float>::infinity();
 
-  nha_for_each(a, sh, [&](const nha_item& it, int worker) {
+  nha_for_each(a, sh, C, [&](const nha_item& it, index_t wb, index_t we, int worker) {
     float* p = base + slot / sizeof(float) * std::size_t(worker);
     auto take = [&p](std::size_t bytes) {
       float* r = p;
       p += bytes / sizeof(float);
       return r;
     };
-    float* pre_k = take(sz_pre_k);  // [npre, d_k] window history, oldest first
-    float* pre_v = take(sz_pre_v);  // [npre, d_v]
     float* KW = take(sz_cdk);       // [C, d_k] slot keys written in the chunk's steps
     float* VW = take(sz_cdv);       // [C, d_v] their values
     float* GW = take(sz_cm);        // [C, m]   their log gates (0 where nothing is written)
@@ -521,30 +548,24 @@ inline void nha_chunk_kernel(Arch arch, const nha_args& a) {
     float* e0 = take(sz_m);         // exp(g_0)
     float* el = take(sz_m);         // exp(R_{c-1})
     float* dec = take(sz_m);        // exp(g_0 + R_{c-1}): the chunk's decay of the carried slots
-    float* QW = take(sz_q);         // [G c, d_k] scale q, rows head-major
+    float* QW = take(sz_q);         // [G c, d_k] scale q, rows token-major
     float* QS = sh.own_slot_qk ? take(sz_q) : QW;
     float* P = take(sz_p);          // [G c, c] qs . ks, then the slot-readout weights
     float* A = take(sz_a);          // [G c, m] slot scores, then weights
     float* acc = take(sz_acc);      // [G c, d_v] unnormalised output
-    float* S = take(sz_s);          // [G c, KT] window scores of one key tile
+    float* S = take(sz_s);          // [G RB, KT] window scores of one key tile
     float* mx = take(sz_row);
     float* lsum = take(sz_row);
 
     const std::int64_t R = sh.ring;
-    const index_t npre = index_t(std::min<std::int64_t>(sh.w - 1, it.p0));
-    const std::int64_t first = it.p0 - npre;  // absolute position of pre row 0
-    for (index_t r = 0; r < npre; ++r) {
-      const index_t row = index_t((first + r) % R);
-      std::copy(it.rk + row * dk, it.rk + (row + 1) * dk, pre_k + r * dk);
-      std::copy(it.rv + row * dv, it.rv + (row + 1) * dv, pre_v + r * dv);
-    }
-    // Window keys [j0, j1) as at most two contiguous runs.
+    // Window keys [j0, j1) as contiguous runs: the ring's rows (history from
+    // earlier calls, at most one wrap: j0 >= p0 - (w - 1) >= p0 - R) and the call's own.
     auto segments = [&](std::int64_t j0, std::int64_t j1, nha_segment* out) {
       int n = 0;
-      if (j0 < it.p0) {
-        const std::int64_t e = std::min(j1, it.p0);
-        const index_t r0 = index_t(j0 - first);
-        out[n++] = {pre_k + r0 * dk, pre_v + r0 * dv, dk, dv, 0, index_t(e - j0)};
+      for (std::int64_t j = j0, e = std::min(j1, it.p0); j < e;) {
+        const index_t row = index_t(j % R), cnt = index_t(std::min<std::int64_t>(e - j, R - row));
+        out[n++] = {it.rk + row * dk, it.rv + row * dv, dk, dv, index_t(j - j0), cnt};
+        j += cnt;
       }
       if (j1 > it.p0) {
         const std::int64_t b = std::max(j0, it.p0);
@@ -555,111 +576,132 @@ inline void nha_chunk_kernel(Arch arch, const nha_args& a) {
       return n;
     };
 
-    for (index_t c0 = 0; c0 < it.n;) {
-      const index_t cmax = std::min(C, it.n - c0);
+    for (index_t c0 = wb; c0 < we;) {
+      const index_t cmax = std::min(C, we - c0);
       const std::int64_t a0 = it.p0 + c0;
-      // The written stream of steps a0 .. a0 + cmax - 1, gathered densely.
-      for (index_t i = 0; i < cmax; ++i) {
-        nha_written wt;
-        if (nha_written_token(a, sh, it, a0 + i, wt)) {
-          std::copy(wt.ks, wt.ks + dk, KW + i * dk);
-          std::copy(wt.v, wt.v + dv, VW + i * dv);
-          std::copy(wt.g, wt.g + m, GW + i * m);
-        } else {
-          std::fill(KW + i * dk, KW + (i + 1) * dk, 0.f);
-          std::fill(VW + i * dv, VW + (i + 1) * dv, 0.f);
-          std::fill(GW + i * m, GW + (i + 1) * m, 0.f);
+      // The written stream of steps a0 .. a0 + cmax - 1: the call's own rows
+      // in place when they all lie in it, else gathered densely.
+      const float *kw = KW, *vw = VW, *gw = GW;
+      index_t ldkw = dk, ldvw = dv, ldgw = m;
+      if (a0 - sh.lag >= it.p0) {
+        const index_t t = it.t0 + index_t(a0 - sh.lag - it.p0);
+        kw = a.ks.ptr(it.bi, t, it.hk, 0);
+        vw = a.v.ptr(it.bi, t, it.hk, 0);
+        gw = a.g.ptr(it.bi, t, it.hk, 0);
+        ldkw = a.ks.stride(1);
+        ldvw = ldv;
+        ldgw = a.g.stride(1);
+      } else {
+        for (index_t i = 0; i < cmax; ++i) {
+          nha_written wt;
+          if (nha_written_token(a, sh, it, a0 + i, wt)) {
+            std::copy(wt.ks, wt.ks + dk, KW + i * dk);
+            std::copy(wt.v, wt.v + dv, VW + i * dv);
+            std::copy(wt.g, wt.g + m, GW + i * m);
+          } else {
+            std::fill(KW + i * dk, KW + (i + 1) * dk, 0.f);
+            std::fill(VW + i * dv, VW + (i + 1) * dv, 0.f);
+            std::fill(GW + i * m, GW + (i + 1) * m, 0.f);
+          }
         }
       }
       std::fill(Rc, Rc + m, 0.f);
       index_t c = 1;
       for (; c < cmax; ++c) {
-        const float mn = nha_cumsum_row(arch, Rc + (c - 1) * m, GW + c * m, Rc + c * m, m);
+        const float mn = nha_cumsum_row(arch, Rc + (c - 1) * m, gw + c * ldgw, Rc + c * m, m);
         if (mn < -rec_max_span) break;
       }
       const index_t Gc = G * c;
       // Gate factors.
-      rec_exp_rel(arch, GW, 0.f, 1.f, e0, m);
+      rec_exp_rel(arch, gw, 0.f, 1.f, e0, m);
       rec_exp_rel(arch, Rc + (c - 1) * m, 0.f, 1.f, el, m);
       rec_scale_mul(arch, 1.f, e0, el, dec, m);
       for (index_t i = 0; i < c; ++i) {
         float* sw = SE + i * m;  // 1 - alpha staged here
-        nha_gate_weights(arch, GW + i * m, static_cast<float*>(nullptr), sw, m);
+        nha_gate_weights(arch, gw + i * ldgw, static_cast<float*>(nullptr), sw, m);
         rec_exp_rel(arch, Rc + i * m, 0.f, 1.f, ER + i * m, m);
         rec_exp_rel(arch, Rc + i * m, 0.f, -1.f, SG + i * m, m);
         rec_scale_mul(arch, 1.f, SG + i * m, sw, SG + i * m, m);
         nha_exp_diff_mul(arch, Rc + (c - 1) * m, Rc + i * m, sw, sw, m);
       }
-      // Queries of the group, head-major.
-      const index_t tc = it.t0 + c0;
-      for (index_t gi = 0; gi < G; ++gi) {
-        const index_t h = it.hk * G + gi;
-        for (index_t i = 0; i < c; ++i) {
-          rec_scale_mul(arch, sh.scale, a.q.ptr(it.bi, tc + i, h, 0), nullptr, QW + (gi * c + i) * dk, dk);
+      // Queries of the group, token-major: row r is token r / G, head r % G,
+      // so a run of tokens is a run of rows for every head at once.
+      const index_t tc = it.t0 + c0, h0 = it.hk * G;
+      for (index_t i = 0; i < c; ++i)
+        for (index_t gi = 0; gi < G; ++gi) {
+          const index_t r = i * G + gi;
+          rec_scale_mul(arch, sh.scale, a.q.ptr(it.bi, tc + i, h0 + gi, 0), nullptr, QW + r * dk, dk);
           if (sh.own_slot_qk)
-            rec_scale_mul(arch, sh.scale, a.qs.ptr(it.bi, tc + i, h, 0), nullptr, QS + (gi * c + i) * dk, dk);
+            rec_scale_mul(arch, sh.scale, a.qs.ptr(it.bi, tc + i, h0 + gi, 0), nullptr, QS + r * dk, dk);
         }
-      }
+      // Row r keeps columns j <= r / G of a [G c, c] matrix.
+      auto causal = [&](float* M) {
+        for (index_t r = 0; r < Gc; ++r) std::fill(M + r * c + r / G + 1, M + (r + 1) * c, 0.f);
+      };
       // Slot scores.
-      simd::gemm_nt(Gc, c, dk, 1.f, QS, dk, KW, dk, 0.f, P, c);
-      for (index_t gi = 0; gi < G; ++gi) rec_causal_mask(P + gi * c * c, c, c, nullptr, 0);
+      simd::gemm_nt(Gc, c, dk, 1.f, QS, dk, kw, ldkw, 0.f, P, c);
+      causal(P);
       simd::gemm_nt(Gc, m, dk, 1.f, QS, dk, it.Ks, dk, 0.f, A, m);
       for (index_t r = 0; r < Gc; ++r) rec_scale_mul(arch, 1.f, A + r * m, e0, A + r * m, m);
       simd::gemm_nn(Gc, m, c, 1.f, P, c, SG, m, 1.f, A, m);
       for (index_t r = 0; r < Gc; ++r) {
         float* ar = A + r * m;
-        rec_scale_mul(arch, 1.f, ar, ER + (r % c) * m, ar, m);
+        const float* er = ER + (r / G) * m;
+        rec_scale_mul(arch, 1.f, ar, er, ar, m);
         mx[r] = ninf;
         lsum[r] = 0.f;
         sx::detail::online_softmax_update_kernel(arch, ar, m, mx[r], lsum[r]);
-        rec_scale_mul(arch, 1.f, ar, ER + (r % c) * m, ar, m);  // p . exp(R_i)
+        rec_scale_mul(arch, 1.f, ar, er, ar, m);  // p . exp(R_i)
       }
       // Slot readout: carried slots, then the chunk's own writes.
       simd::gemm_nt(Gc, c, m, 1.f, A, m, SG, m, 0.f, P, c);
-      for (index_t gi = 0; gi < G; ++gi) rec_causal_mask(P + gi * c * c, c, c, nullptr, 0);
+      causal(P);
       for (index_t r = 0; r < Gc; ++r) rec_scale_mul(arch, 1.f, A + r * m, e0, A + r * m, m);
       simd::gemm_nn(Gc, dv, m, 1.f, A, m, it.Vs, dv, 0.f, acc, dv);
-      simd::gemm_nn(Gc, dv, c, 1.f, P, c, VW, dv, 1.f, acc, dv);
-      // Window: keys [max(0, a0 - w + 1), a0 + c) in tiles, online softmax per row.
-      const std::int64_t klo = std::max<std::int64_t>(0, a0 - sh.w + 1), khi = a0 + c;
-      for (std::int64_t jt = klo; jt < khi; jt += KT) {
-        const std::int64_t j1 = std::min<std::int64_t>(khi, jt + KT);
-        const index_t nt = index_t(j1 - jt);
-        nha_segment seg[2];
-        const int ns = segments(jt, j1, seg);
-        for (int q = 0; q < ns; ++q)
-          simd::gemm_nt(Gc, seg[q].cnt, dk, 1.f, QW, dk, seg[q].k, seg[q].ldk, 0.f, S + seg[q].col, KT);
-        for (index_t r = 0; r < Gc; ++r) {
-          const std::int64_t step = a0 + r % c;
-          const index_t lo = index_t(std::max<std::int64_t>(0, step - sh.w + 1 - jt));
-          const index_t hi = index_t(std::min<std::int64_t>(nt, step - jt + 1));
-          float* sr = S + r * KT;
-          if (hi <= lo) {
-            std::fill(sr, sr + nt, 0.f);
-            continue;
+      simd::gemm_nn(Gc, dv, c, 1.f, P, c, vw, ldvw, 1.f, acc, dv);
+      // Window, a block of RB tokens at a time: those rows see keys
+      // [a0 + i0 - w + 1, a0 + i1), walked in tiles with an online softmax.
+      for (index_t i0 = 0; i0 < c; i0 += RB) {
+        const index_t i1 = std::min(c, i0 + RB), r0 = i0 * G, nr = (i1 - i0) * G;
+        const std::int64_t klo = std::max<std::int64_t>(0, a0 + i0 - sh.w + 1), khi = a0 + i1;
+        for (std::int64_t jt = klo; jt < khi; jt += KT) {
+          const std::int64_t j1 = std::min<std::int64_t>(khi, jt + KT);
+          const index_t nt = index_t(j1 - jt);
+          nha_segment seg[3];
+          const int ns = segments(jt, j1, seg);
+          for (int q = 0; q < ns; ++q)
+            simd::gemm_nt(nr, seg[q].cnt, dk, 1.f, QW + r0 * dk, dk, seg[q].k, seg[q].ldk, 0.f, S + seg[q].col, KT);
+          for (index_t rr = 0; rr < nr; ++rr) {
+            const index_t r = r0 + rr;
+            const std::int64_t step = a0 + r / G;
+            const index_t lo = index_t(std::max<std::int64_t>(0, step - sh.w + 1 - jt));
+            const index_t hi = index_t(std::min<std::int64_t>(nt, step - jt + 1));
+            float* sr = S + rr * KT;
+            if (hi <= lo) {
+              std::fill(sr, sr + nt, 0.f);
+              continue;
+            }
+            std::fill(sr, sr + lo, ninf);
+            std::fill(sr + hi, sr + nt, ninf);
+            const float alpha = sx::detail::online_softmax_update_kernel(arch, sr, nt, mx[r], lsum[r]);
+            if (alpha != 1.f) sx::detail::scale_kernel(arch, alpha, acc + r * dv, dv);
           }
-          std::fill(sr, sr + lo, ninf);
-          std::fill(sr + hi, sr + nt, ninf);
-          const float alpha = sx::detail::online_softmax_update_kernel(arch, sr, nt, mx[r], lsum[r]);
-          if (alpha != 1.f) sx::detail::scale_kernel(arch, alpha, acc + r * dv, dv);
+          for (int q = 0; q < ns; ++q)
+            simd::gemm_nn(nr, dv, seg[q].cnt, 1.f, S + seg[q].col, KT, seg[q].v, seg[q].ldv, 1.f, acc + r0 * dv, dv);
         }
-        for (int q = 0; q < ns; ++q)
-          simd::gemm_nn(Gc, dv, seg[q].cnt, 1.f, S + seg[q].col, KT, seg[q].v, seg[q].ldv, 1.f, acc, dv);
       }
       // Normalise into o.
       for (index_t r = 0; r < Gc; ++r) {
-        const index_t gi = r / c, i = r % c;
         const float inv = lsum[r] > 0.f ? 1.f / lsum[r] : 0.f;
-        rec_scale_mul(arch, inv, acc + r * dv, nullptr, a.o.ptr(it.bi, tc + i, it.hk * G + gi, 0), dv);
+        rec_scale_mul(arch, inv, acc + r * dv, nullptr, a.o.ptr(it.bi, tc + r / G, h0 + r % G, 0), dv);
       }
       // Carry the slots past the chunk.
       rec_scale_state_rows(arch, it.Ks, m, dk, dec);
-      simd::gemm_tn(m, dk, c, 1.f, SE, m, KW, dk, 1.f, it.Ks, dk);
+      simd::gemm_tn(m, dk, c, 1.f, SE, m, kw, ldkw, 1.f, it.Ks, dk);
       rec_scale_state_rows(arch, it.Vs, m, dv, dec);
-      simd::gemm_tn(m, dv, c, 1.f, SE, m, VW, dv, 1.f, it.Vs, dv);
+      simd::gemm_tn(m, dv, c, 1.f, SE, m, vw, ldvw, 1.f, it.Vs, dv);
       c0 += c;
     }
-    nha_store_ring(a, sh, it);
   });
 }
 
