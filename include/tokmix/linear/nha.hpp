@@ -47,8 +47,9 @@
 //   Ks' = diag(exp(g_0 + R_{c-1})) Ks + sum_j (S_j . exp(R_{c-1} - R_j)) ks_j^T   (Vs' alike)
 // a chunk ends early where min(R_j) would pass -rec_max_span (40), so no factor
 // leaves [e^-40, e^40] (any gates, L = 65536 included). The window part runs
-// flash-attention style over key tiles of its band, 32 query tokens at a time. All query heads of a kv
-// head are stacked into the same products (GQA reads k/v/slots once).
+// flash-attention style over key tiles of its band, 32 query tokens at a time.
+// All query heads of a kv head are stacked into the same products (GQA reads
+// k/v/slots once).
 //
 // Shapes (sequence-first, last dim contiguous):
 //   q, qs, o [batch, seq, heads, d_k | d_v]; k, ks, v [batch, seq, kv_heads, d_k | d_v];
