@@ -100,19 +100,25 @@ TEST_CASE("nha: chained prefills and steps after a prefill", "[linear][nha]") {
                          std::size_t(whole.slot_values().size())) <= 1e-5);
       for (index_t s = 0; s < whole.batch(); ++s) CHECK(parts.positions()(s) == whole.positions()(s));
 
-      // Token loop over a, then steps over b == token loop over everything, bit for bit.
+      // Token loop over a, then steps over b == token loop over everything. Not
+      // bit for bit: a window's products split where the ring's keys end and
+      // the call's begin, and that point differs between the two runs.
       nha_state rw = make_state(p), rp = make_state(p);
       randomise(p, rw, 6);
       randomise(p, rp, 6);
       const std::vector<float> r_whole = run(p, rw, {mode::recurrent, 64, {}});
       run(a, rp, {mode::recurrent, 64, {}});
       const std::vector<float> r_b = run(b, rp, {mode::step, 64, {}});
-      bool same = true;
+      std::vector<float> tail;
       for (std::size_t bi = 0; bi < p.batch; ++bi)
-        for (std::size_t i = 0; i < b.seq * row; ++i) same &= r_b[bi * b.seq * row + i] == r_whole[(bi * p.seq + split) * row + i];
-      CHECK(same);
+        tail.insert(tail.end(), r_whole.begin() + std::ptrdiff_t((bi * p.seq + split) * row),
+                    r_whole.begin() + std::ptrdiff_t((bi + 1) * p.seq * row));
+      CHECK(scaled_error(r_b, tail) <= 2e-6);
+      // The slot recurrence itself runs the same operations either way: bit for bit.
       const auto sk = rw.slot_keys(), pk = rp.slot_keys();
       CHECK(std::equal(sk.data(), sk.data() + sk.size(), pk.data()));
+      const auto sv = rw.slot_values(), pv = rp.slot_values();
+      CHECK(std::equal(sv.data(), sv.data() + sv.size(), pv.data()));
       const auto rk = rw.ring_keys(), qk = rp.ring_keys();
       CHECK(std::equal(rk.data(), rk.data() + rk.size(), qk.data()));
     }

@@ -373,10 +373,56 @@ inline void nha_gate_weights(Arch, const float* g, float* alpha, float* s, index
 
 // ---- token loop (step, and the baseline the chunked form is measured against) ----
 
+// A run of window keys stored contiguously: the ring's rows (history from
+// earlier calls) or the call's own.
+struct nha_segment {
+  const float *k, *v;
+  index_t ldk, ldv, col, cnt;
+};
+
+// Window keys [j0, j1) of an item as contiguous runs: the ring part (at most
+// one wrap, since j0 >= p0 - (w - 1) >= p0 - R) and the call's own rows.
+inline int nha_window_segments(const nha_args& a, const nha_shape& sh, const nha_item& it, std::int64_t j0,
+                               std::int64_t j1, nha_segment* out) {
+  const std::int64_t R = sh.ring;
+  int n = 0;
+  for (std::int64_t j = j0, e = std::min(j1, it.p0); j < e;) {
+    const index_t row = index_t(j % R), cnt = index_t(std::min<std::int64_t>(e - j, R - row));
+    out[n++] = {it.rk + row * sh.dk, it.rv + row * sh.dv, sh.dk, sh.dv, index_t(j - j0), cnt};
+    j += cnt;
+  }
+  if (j1 > it.p0) {
+    const std::int64_t b = std::max(j0, it.p0);
+    const index_t t = it.t0 + index_t(b - it.p0);
+    out[n++] = {a.k.ptr(it.bi, t, it.hk, 0), a.v.ptr(it.bi, t, it.hk, 0), a.k.stride(1), a.v.stride(1),
+                index_t(b - j0), index_t(j1 - b)};
+  }
+  return n;
+}
+
+// The products below have shapes fixed by the validated call, so they go
+// straight to the kernels: simd::gemm_*'s argument checks format their
+// messages on every call, which costs as much as a decode step's products.
+template <sx::detail::gemm_op Op>
+inline void nha_gemm(index_t m, index_t n, index_t k, float alpha, const float* a, index_t lda, const float* b,
+                     index_t ldb, float beta, float* c, index_t ldc) {
+  sx::detail::gemm_dispatch<Op>(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+constexpr auto nha_nn = sx::detail::gemm_op::nn;
+constexpr auto nha_nt = sx::detail::gemm_op::nt;
+constexpr auto nha_tn = sx::detail::gemm_op::tn;
+
+// Query heads read out together in the token loop (bounds a stack array).
+constexpr index_t nha_max_group_rows = 8;
+
+// Per token: the slots take the written token, then the group's query heads
+// (stacked rows) score the slots and the window in few-row products (dot
+// products along d, several keys at a time), one softmax per head, and the
+// readout streams the slot and window value rows once for all heads.
 template <class Arch>
 inline void nha_token_kernel(Arch arch, const nha_args& a) {
   const nha_shape sh(a);
-  const index_t m = sh.m, dk = sh.dk, dv = sh.dv;
+  const index_t m = sh.m, dk = sh.dk, dv = sh.dv, G = sh.grp;
   // Window rows actually reachable this call bound the score buffer (w may exceed any L).
   std::int64_t most = 0;
   {
@@ -387,29 +433,34 @@ inline void nha_token_kernel(Arch arch, const nha_args& a) {
       most = std::max<std::int64_t>(most, pos(s) + n);
     }
   }
+  using sf = scratch_frame;
   const index_t nwin = index_t(std::min<std::int64_t>(sh.w, std::max<std::int64_t>(most, 1)));
-  const std::size_t fl = sizeof(float);
-  const std::size_t slot = scratch_frame::bytes_for<float>(m + nwin) + 2 * scratch_frame::bytes_for<float>(m) +
-                           2 * scratch_frame::bytes_for<float>(dk);
+  const index_t ld_sc = m + nwin;
+  const std::size_t sz_sc = sf::bytes_for<float>(G * ld_sc), sz_m = sf::bytes_for<float>(m);
+  const std::size_t sz_q = sf::bytes_for<float>(G * dk);
+  const std::size_t sz_o = sf::bytes_for<float>(std::min(G, nha_max_group_rows) * dv);
+  const std::size_t slot = sz_sc + 2 * sz_m + 2 * sz_q + sz_o;
   const int workers = worker_slots(a.params->policy);
-  scratch_frame frame(slot * std::size_t(workers));
-  float* base = frame.alloc<float>(slot / fl * std::size_t(workers));
+  sf frame(slot * std::size_t(workers));
+  float* base = frame.alloc<float>(slot / sizeof(float) * std::size_t(workers));
 
   nha_for_each(a, sh, rec_token_window, [&](const nha_item& it, index_t tb, index_t te, int worker) {
-    float* sc = base + slot / fl * std::size_t(worker);
-    float* alpha = sc + scratch_frame::bytes_for<float>(m + nwin) / fl;
-    float* sw = alpha + scratch_frame::bytes_for<float>(m) / fl;
-    float* qw = sw + scratch_frame::bytes_for<float>(m) / fl;
-    float* qsl = qw + scratch_frame::bytes_for<float>(dk) / fl;
-    const std::int64_t R = sh.ring;
-    auto key_row = [&](std::int64_t j) -> const float* {
-      return j >= it.p0 ? a.k.ptr(it.bi, it.t0 + index_t(j - it.p0), it.hk, 0) : it.rk + index_t(j % R) * dk;
+    float* p = base + slot / sizeof(float) * std::size_t(worker);
+    auto take = [&p](std::size_t bytes) {
+      float* r = p;
+      p += bytes / sizeof(float);
+      return r;
     };
-    auto value_row = [&](std::int64_t j) -> const float* {
-      return j >= it.p0 ? a.v.ptr(it.bi, it.t0 + index_t(j - it.p0), it.hk, 0) : it.rv + index_t(j % R) * dv;
-    };
+    float* sc = take(sz_sc);  // [G, m + window] scores, then weights
+    float* alpha = take(sz_m);
+    float* sw = take(sz_m);
+    float* qw = take(sz_q);  // [G, d_k] scale q
+    float* qsl = sh.own_slot_qk ? take(sz_q) : qw;
+    float* ob = take(sz_o);  // [<= 8, d_v] unnormalised output of up to 8 heads
+    const index_t h0 = it.hk * G;
     for (index_t tl = tb; tl < te; ++tl) {
       const std::int64_t step = it.p0 + tl;
+      const index_t t = it.t0 + tl;
       nha_written wt;
       if (nha_written_token(a, sh, it, step, wt)) {
         nha_gate_weights(arch, wt.g, alpha, sw, m);
@@ -418,26 +469,31 @@ inline void nha_token_kernel(Arch arch, const nha_args& a) {
           sx::detail::scale_add_kernel(arch, alpha[i], it.Vs + i * dv, sw[i], wt.v, dv);
         }
       }
+      for (index_t gi = 0; gi < G; ++gi) {
+        rec_scale_mul(arch, sh.scale, a.q.ptr(it.bi, t, h0 + gi, 0), nullptr, qw + gi * dk, dk);
+        if (sh.own_slot_qk) rec_scale_mul(arch, sh.scale, a.qs.ptr(it.bi, t, h0 + gi, 0), nullptr, qsl + gi * dk, dk);
+      }
       const std::int64_t j0 = std::max<std::int64_t>(0, step - sh.w + 1);
       const index_t nw = index_t(step - j0 + 1);
-      const index_t t = it.t0 + tl;
-      for (index_t gi = 0; gi < sh.grp; ++gi) {
-        const index_t h = it.hk * sh.grp + gi;
-        rec_scale_mul(arch, sh.scale, a.q.ptr(it.bi, t, h, 0), nullptr, qw, dk);
-        const float* qs = qw;
-        if (sh.own_slot_qk) {
-          rec_scale_mul(arch, sh.scale, a.qs.ptr(it.bi, t, h, 0), nullptr, qsl, dk);
-          qs = qsl;
+      nha_segment seg[3];
+      const int ns = nha_window_segments(a, sh, it, j0, step + 1, seg);
+      nha_gemm<nha_nt>(G, m, dk, 1.f, qsl, dk, it.Ks, dk, 0.f, sc, ld_sc);
+      for (int q = 0; q < ns; ++q)
+        nha_gemm<nha_nt>(G, seg[q].cnt, dk, 1.f, qw, dk, seg[q].k, seg[q].ldk, 0.f, sc + m + seg[q].col, ld_sc);
+      float inv[nha_max_group_rows];
+      for (index_t g0 = 0; g0 < G; g0 += nha_max_group_rows) {
+        const index_t gn = std::min(nha_max_group_rows, G - g0);
+        float* sg = sc + g0 * ld_sc;
+        for (index_t gi = 0; gi < gn; ++gi) {
+          float mx = -std::numeric_limits<float>::infinity(), l = 0.f;
+          sx::detail::online_softmax_update_kernel(arch, sg + gi * ld_sc, m + nw, mx, l);
+          inv[gi] = l > 0.f ? 1.f / l : 0.f;
         }
-        for (index_t i = 0; i < m; ++i) sc[i] = sx::detail::dot_kernel(arch, qs, it.Ks + i * dk, dk);
-        for (index_t r = 0; r < nw; ++r) sc[m + r] = sx::detail::dot_kernel(arch, qw, key_row(j0 + r), dk);
-        float mx = -std::numeric_limits<float>::infinity(), l = 0.f;
-        sx::detail::online_softmax_update_kernel(arch, sc, m + nw, mx, l);
-        float* o = a.o.ptr(it.bi, t, h, 0);
-        const float inv = l > 0.f ? 1.f / l : 0.f;
-        std::fill(o, o + dv, 0.f);
-        for (index_t i = 0; i < m; ++i) sx::detail::axpy_kernel(arch, sc[i] * inv, it.Vs + i * dv, o, dv);
-        for (index_t r = 0; r < nw; ++r) sx::detail::axpy_kernel(arch, sc[m + r] * inv, value_row(j0 + r), o, dv);
+        nha_gemm<nha_nn>(gn, dv, m, 1.f, sg, ld_sc, it.Vs, dv, 0.f, ob, dv);
+        for (int q = 0; q < ns; ++q)
+          nha_gemm<nha_nn>(gn, dv, seg[q].cnt, 1.f, sg + m + seg[q].col, ld_sc, seg[q].v, seg[q].ldv, 1.f, ob, dv);
+        for (index_t gi = 0; gi < gn; ++gi)
+          rec_scale_mul(arch, inv[gi], ob + gi * dv, nullptr, a.o.ptr(it.bi, t, h0 + g0 + gi, 0), dv);
       }
     }
   });
@@ -495,12 +551,6 @@ inline index_t nha_row_block(index_t window, index_t chunk) {
   return window >= 2 * chunk ? chunk : std::min<index_t>(chunk, nha_row_block_tokens);
 }
 
-// A run of window keys stored contiguously: the history copied out of the
-// ring (before the call's first token) or the call's own rows.
-struct nha_segment {
-  const float *k, *v;
-  index_t ldk, ldv, col, cnt;
-};
 
 template <class Arch>
 inline void nha_chunk_kernel(Arch arch, const nha_args& a) {
@@ -529,7 +579,7 @@ inline void nha_chunk_kernel(Arch arch, const nha_args& a) {
   const int workers = worker_slots(a.params->policy);
   sf frame(slot * std::size_t(workers));
   float* base = frame.alloc<float>(slot / sizeof(float) * std::size_t(workers));
-  const index_t ldk = a.k.stride(1), ldv = a.v.stride(1);
+  const index_t ldv = a.v.stride(1);
   constexpr float ninf = -std::numeric_limits<float>::infinity();
 
   nha_for_each(a, sh, C, [&](const nha_item& it, index_t wb, index_t we, int worker) {
@@ -557,25 +607,6 @@ inline void nha_chunk_kernel(Arch arch, const nha_args& a) {
     float* S = take(sz_s);          // [G RB, KT] window scores of one key tile
     float* mx = take(sz_row);
     float* lsum = take(sz_row);
-
-    const std::int64_t R = sh.ring;
-    // Window keys [j0, j1) as contiguous runs: the ring's rows (history from
-    // earlier calls, at most one wrap: j0 >= p0 - (w - 1) >= p0 - R) and the call's own.
-    auto segments = [&](std::int64_t j0, std::int64_t j1, nha_segment* out) {
-      int n = 0;
-      for (std::int64_t j = j0, e = std::min(j1, it.p0); j < e;) {
-        const index_t row = index_t(j % R), cnt = index_t(std::min<std::int64_t>(e - j, R - row));
-        out[n++] = {it.rk + row * dk, it.rv + row * dv, dk, dv, index_t(j - j0), cnt};
-        j += cnt;
-      }
-      if (j1 > it.p0) {
-        const std::int64_t b = std::max(j0, it.p0);
-        const index_t t = it.t0 + index_t(b - it.p0);
-        out[n++] = {a.k.ptr(it.bi, t, it.hk, 0), a.v.ptr(it.bi, t, it.hk, 0), ldk, ldv, index_t(b - j0),
-                    index_t(j1 - b)};
-      }
-      return n;
-    };
 
     for (index_t c0 = wb; c0 < we;) {
       const index_t cmax = std::min(C, we - c0);
@@ -640,11 +671,11 @@ inline void nha_chunk_kernel(Arch arch, const nha_args& a) {
         for (index_t r = 0; r < Gc; ++r) std::fill(M + r * c + r / G + 1, M + (r + 1) * c, 0.f);
       };
       // Slot scores.
-      simd::gemm_nt(Gc, c, dk, 1.f, QS, dk, kw, ldkw, 0.f, P, c);
+      nha_gemm<nha_nt>(Gc, c, dk, 1.f, QS, dk, kw, ldkw, 0.f, P, c);
       causal(P);
-      simd::gemm_nt(Gc, m, dk, 1.f, QS, dk, it.Ks, dk, 0.f, A, m);
+      nha_gemm<nha_nt>(Gc, m, dk, 1.f, QS, dk, it.Ks, dk, 0.f, A, m);
       for (index_t r = 0; r < Gc; ++r) rec_scale_mul(arch, 1.f, A + r * m, e0, A + r * m, m);
-      simd::gemm_nn(Gc, m, c, 1.f, P, c, SG, m, 1.f, A, m);
+      nha_gemm<nha_nn>(Gc, m, c, 1.f, P, c, SG, m, 1.f, A, m);
       for (index_t r = 0; r < Gc; ++r) {
         float* ar = A + r * m;
         const float* er = ER + (r / G) * m;
@@ -655,11 +686,11 @@ inline void nha_chunk_kernel(Arch arch, const nha_args& a) {
         rec_scale_mul(arch, 1.f, ar, er, ar, m);  // p . exp(R_i)
       }
       // Slot readout: carried slots, then the chunk's own writes.
-      simd::gemm_nt(Gc, c, m, 1.f, A, m, SG, m, 0.f, P, c);
+      nha_gemm<nha_nt>(Gc, c, m, 1.f, A, m, SG, m, 0.f, P, c);
       causal(P);
       for (index_t r = 0; r < Gc; ++r) rec_scale_mul(arch, 1.f, A + r * m, e0, A + r * m, m);
-      simd::gemm_nn(Gc, dv, m, 1.f, A, m, it.Vs, dv, 0.f, acc, dv);
-      simd::gemm_nn(Gc, dv, c, 1.f, P, c, vw, ldvw, 1.f, acc, dv);
+      nha_gemm<nha_nn>(Gc, dv, m, 1.f, A, m, it.Vs, dv, 0.f, acc, dv);
+      nha_gemm<nha_nn>(Gc, dv, c, 1.f, P, c, vw, ldvw, 1.f, acc, dv);
       // Window, a block of RB tokens at a time: those rows see keys
       // [a0 + i0 - w + 1, a0 + i1), walked in tiles with an online softmax.
       for (index_t i0 = 0; i0 < c; i0 += RB) {
@@ -669,9 +700,9 @@ inline void nha_chunk_kernel(Arch arch, const nha_args& a) {
           const std::int64_t j1 = std::min<std::int64_t>(khi, jt + KT);
           const index_t nt = index_t(j1 - jt);
           nha_segment seg[3];
-          const int ns = segments(jt, j1, seg);
+          const int ns = nha_window_segments(a, sh, it, jt, j1, seg);
           for (int q = 0; q < ns; ++q)
-            simd::gemm_nt(nr, seg[q].cnt, dk, 1.f, QW + r0 * dk, dk, seg[q].k, seg[q].ldk, 0.f, S + seg[q].col, KT);
+            nha_gemm<nha_nt>(nr, seg[q].cnt, dk, 1.f, QW + r0 * dk, dk, seg[q].k, seg[q].ldk, 0.f, S + seg[q].col, KT);
           for (index_t rr = 0; rr < nr; ++rr) {
             const index_t r = r0 + rr;
             const std::int64_t step = a0 + r / G;
@@ -688,7 +719,7 @@ inline void nha_chunk_kernel(Arch arch, const nha_args& a) {
             if (alpha != 1.f) sx::detail::scale_kernel(arch, alpha, acc + r * dv, dv);
           }
           for (int q = 0; q < ns; ++q)
-            simd::gemm_nn(nr, dv, seg[q].cnt, 1.f, S + seg[q].col, KT, seg[q].v, seg[q].ldv, 1.f, acc + r0 * dv, dv);
+            nha_gemm<nha_nn>(nr, dv, seg[q].cnt, 1.f, S + seg[q].col, KT, seg[q].v, seg[q].ldv, 1.f, acc + r0 * dv, dv);
         }
       }
       // Normalise into o.
@@ -698,9 +729,9 @@ inline void nha_chunk_kernel(Arch arch, const nha_args& a) {
       }
       // Carry the slots past the chunk.
       rec_scale_state_rows(arch, it.Ks, m, dk, dec);
-      simd::gemm_tn(m, dk, c, 1.f, SE, m, kw, ldkw, 1.f, it.Ks, dk);
+      nha_gemm<nha_tn>(m, dk, c, 1.f, SE, m, kw, ldkw, 1.f, it.Ks, dk);
       rec_scale_state_rows(arch, it.Vs, m, dv, dec);
-      simd::gemm_tn(m, dv, c, 1.f, SE, m, vw, ldvw, 1.f, it.Vs, dv);
+      nha_gemm<nha_tn>(m, dv, c, 1.f, SE, m, vw, ldvw, 1.f, it.Vs, dv);
       c0 += c;
     }
   });
