@@ -232,7 +232,8 @@ struct nha_shape {
     varlen = rec_given(p.cu_seqlens);
     n_seqs = varlen ? p.cu_seqlens.dim(0) - 1 : a.q.dim(0);
     scale = rec_scale(p.scale, dk);
-    own_slot_qk = a.qs.data() != a.q.data() || a.ks.data() != a.k.data();
+    own_slot_qk = a.qs.data() != a.q.data() || a.qs.strides() != a.q.strides() || a.ks.data() != a.k.data() ||
+                  a.ks.strides() != a.k.strides();
   }
 };
 
