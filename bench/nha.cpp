@@ -84,8 +84,10 @@ void bm_prefill(benchmark::State& state, index_t heads, index_t d, index_t seq, 
   const tokmix::nha_params p = bench_params(threads);
   tokmix::nha_state st(1, heads, d, d, p);
   for (auto _ : state) {
-    if (chunked) tokmix::nha_prefill(s.in(), s.in(), s.in(), s.g4(), s.out(), st, p);
-    else tokmix::nha_recurrent_prefill(s.in(), s.in(), s.in(), s.g4(), s.out(), st, p);
+    if (chunked)
+      tokmix::nha_prefill(s.in(), s.in(), s.in(), s.g4(), s.out(), st, p);
+    else
+      tokmix::nha_recurrent_prefill(s.in(), s.in(), s.in(), s.g4(), s.out(), st, p);
     benchmark::DoNotOptimize(s.o.data());
     benchmark::ClobberMemory();
   }
@@ -106,8 +108,8 @@ void bm_step(benchmark::State& state, index_t heads, index_t d) {
     benchmark::DoNotOptimize(pre.o.data());
     benchmark::ClobberMemory();
   }
-  state.counters["us_per_token"] = benchmark::Counter(1e6, benchmark::Counter::kIsIterationInvariantRate |
-                                                               benchmark::Counter::kInvert);
+  state.counters["us_per_token"] =
+      benchmark::Counter(1e6, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
   tokmix_bench::set_gflops(state, token_loop_flops(1, heads, d), 1);
 }
 
@@ -115,8 +117,8 @@ const bool registered = [] {
   const index_t shapes[][2] = {{12, 64}, {16, 128}};
   for (const auto& sh : shapes) {
     const index_t heads = sh[0], d = sh[1];
-    const std::string base = "nha/heads:" + std::to_string(heads) + "/dim:" + std::to_string(d) + "/window:" +
-                             std::to_string(bench_window) + "/slots:" + std::to_string(bench_slots);
+    const std::string base = "nha/heads:" + std::to_string(heads) + "/dim:" + std::to_string(d) +
+                             "/window:" + std::to_string(bench_window) + "/slots:" + std::to_string(bench_slots);
     for (index_t L : {index_t(512), index_t(4096), index_t(16384), index_t(65536)}) {
       for (int threads : {1, 2}) {
         if (threads == 2 && L != 4096) continue;
@@ -128,12 +130,11 @@ const bool registered = [] {
         }
       }
     }
-    tokmix_bench::defaults(benchmark::RegisterBenchmark(
-                               ("nha_step/heads:" + std::to_string(heads) + "/dim:" + std::to_string(d) + "/window:" +
-                                std::to_string(bench_window) + "/slots:" + std::to_string(bench_slots) +
-                                "/threads:1/tokmix")
-                                   .c_str(),
-                               bm_step, heads, d))
+    tokmix_bench::defaults(benchmark::RegisterBenchmark(("nha_step/heads:" + std::to_string(heads) + "/dim:" +
+                                                         std::to_string(d) + "/window:" + std::to_string(bench_window) +
+                                                         "/slots:" + std::to_string(bench_slots) + "/threads:1/tokmix")
+                                                            .c_str(),
+                                                        bm_step, heads, d))
         ->Unit(benchmark::kMicrosecond);
   }
   return true;

@@ -25,7 +25,7 @@ struct config {
 
 // Window 1 (the token alone), odd, exactly the chunk, longer than any L here;
 // 1 and odd slot counts; lag 0 (authors' default), = window (-1), and others.
-const config configs[] = {{1, 1, -1}, {1, 3, 0}, {5, 7, -1}, {5, 7, 0}, {5, 1, 3},
+const config configs[] = {{1, 1, -1},  {1, 3, 0},   {5, 7, -1},   {5, 7, 0},  {5, 1, 3},
                           {37, 4, -1}, {16, 5, 20}, {300, 5, -1}, {300, 3, 0}};
 
 }  // namespace

@@ -27,10 +27,14 @@ enum class gates { mild, strong, near_zero, near_one };
 
 inline float gate_value(gates r, float u01) {
   switch (r) {
-    case gates::mild: return float(std::log(1.0 / (1.0 + std::exp(-(8.0 * u01 - 2.0)))) / 8.0);  // logsigmoid / 8
-    case gates::strong: return -5.f * u01;
-    case gates::near_zero: return -60.f - 30.f * u01;
-    case gates::near_one: return -1e-6f * u01;
+    case gates::mild:
+      return float(std::log(1.0 / (1.0 + std::exp(-(8.0 * u01 - 2.0)))) / 8.0);  // logsigmoid / 8
+    case gates::strong:
+      return -5.f * u01;
+    case gates::near_zero:
+      return -60.f - 30.f * u01;
+    case gates::near_one:
+      return -1e-6f * u01;
   }
   return 0.f;
 }
@@ -247,14 +251,16 @@ struct run_options {
 // sit inside NaN padding; o's padding and the inputs must survive.
 inline std::vector<float> run(const problem& p, tokmix::nha_state& st, const run_options& opt) {
   using namespace tokmix;
-  const index_t B = index_t(p.batch), L = index_t(p.seq), Hq = index_t(p.hq), Hk = index_t(p.hkv),
-                dk = index_t(p.dk), dv = index_t(p.dv), m = p.slots;
+  const index_t B = index_t(p.batch), L = index_t(p.seq), Hq = index_t(p.hq), Hk = index_t(p.hkv), dk = index_t(p.dk),
+                dv = index_t(p.dv), m = p.slots;
   padded q(p.q), k(p.k), v(p.v), g(p.g), o(p.out_size());
   padded qs(p.own_slot_qk ? p.qs : std::vector<float>()), ks(p.own_slot_qk ? p.ks : std::vector<float>());
   const tensor_view<const float, 4> qv(q.buf.data(), {B, L, Hq, dk}), kv(k.buf.data(), {B, L, Hk, dk}),
       vv(v.buf.data(), {B, L, Hk, dv}), gv(g.buf.data(), {B, L, Hk, m});
-  const tensor_view<const float, 4> qsv = p.own_slot_qk ? tensor_view<const float, 4>(qs.buf.data(), {B, L, Hq, dk}) : qv;
-  const tensor_view<const float, 4> ksv = p.own_slot_qk ? tensor_view<const float, 4>(ks.buf.data(), {B, L, Hk, dk}) : kv;
+  const tensor_view<const float, 4> qsv =
+      p.own_slot_qk ? tensor_view<const float, 4>(qs.buf.data(), {B, L, Hq, dk}) : qv;
+  const tensor_view<const float, 4> ksv =
+      p.own_slot_qk ? tensor_view<const float, 4>(ks.buf.data(), {B, L, Hk, dk}) : kv;
   const tensor_view<float, 4> ov(o.buf.data(), {B, L, Hq, dv});
   nha_params prm = p.params();
   prm.chunk_size = opt.chunk;
@@ -264,11 +270,15 @@ inline std::vector<float> run(const problem& p, tokmix::nha_state& st, const run
     return tensor_view<const float, 3>(base + t * heads * d, {B, heads, d}, {L * heads * d, d, 1});
   };
   if (opt.md == mode::chunk) {
-    if (p.own_slot_qk) nha_prefill(qv, kv, qsv, ksv, vv, gv, ov, st, prm);
-    else nha_prefill(qv, kv, vv, gv, ov, st, prm);
+    if (p.own_slot_qk)
+      nha_prefill(qv, kv, qsv, ksv, vv, gv, ov, st, prm);
+    else
+      nha_prefill(qv, kv, vv, gv, ov, st, prm);
   } else if (opt.md == mode::recurrent) {
-    if (p.own_slot_qk) nha_recurrent_prefill(qv, kv, qsv, ksv, vv, gv, ov, st, prm);
-    else nha_recurrent_prefill(qv, kv, vv, gv, ov, st, prm);
+    if (p.own_slot_qk)
+      nha_recurrent_prefill(qv, kv, qsv, ksv, vv, gv, ov, st, prm);
+    else
+      nha_recurrent_prefill(qv, kv, vv, gv, ov, st, prm);
   } else {
     REQUIRE(p.cu.empty());
     for (index_t t = 0; t < L; ++t) {

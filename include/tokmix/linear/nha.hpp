@@ -141,10 +141,10 @@ class nha_state {
     pos_.setZero();
   }
 
-  tensor_view<float, 4> slot_keys() { return as_view(ks_); }      // [batch, kv_heads, slots, key_dim]
-  tensor_view<float, 4> slot_values() { return as_view(vs_); }    // [batch, kv_heads, slots, value_dim]
-  tensor_view<float, 4> ring_keys() { return as_view(rk_); }      // [batch, kv_heads, ring, key_dim]
-  tensor_view<float, 4> ring_values() { return as_view(rv_); }    // [batch, kv_heads, ring, value_dim]
+  tensor_view<float, 4> slot_keys() { return as_view(ks_); }    // [batch, kv_heads, slots, key_dim]
+  tensor_view<float, 4> slot_values() { return as_view(vs_); }  // [batch, kv_heads, slots, value_dim]
+  tensor_view<float, 4> ring_keys() { return as_view(rk_); }    // [batch, kv_heads, ring, key_dim]
+  tensor_view<float, 4> ring_values() { return as_view(rv_); }  // [batch, kv_heads, ring, value_dim]
   // Slot keys and gates of tokens not yet written (empty when slot_lag == 0).
   tensor_view<float, 4> ring_slot_keys() { return as_view(rks_); }  // [batch, kv_heads, ring or 0, key_dim]
   tensor_view<float, 4> ring_gates() { return as_view(rg_); }       // [batch, kv_heads, ring or 0, slots]
@@ -208,8 +208,7 @@ inline void nha_validate(const nha_args& a, bool chunked) {
   require(st.window() == p.window, "state window", p.window, st.window());
   require(st.slot_lag() == p.resolved_lag(), "state slot_lag", p.resolved_lag(), st.slot_lag());
   const auto pos = st.positions();
-  for (index_t s = 0; s < n_states; ++s)
-    require(pos(s) >= 0, "state positions", ">= 0", pos(s));
+  for (index_t s = 0; s < n_states; ++s) require(pos(s) >= 0, "state positions", ">= 0", pos(s));
   rec_require_values("g", a.g, -std::numeric_limits<float>::max(), 0.f);
 }
 
@@ -395,8 +394,12 @@ inline int nha_window_segments(const nha_args& a, const nha_shape& sh, const nha
   if (j1 > it.p0) {
     const std::int64_t b = std::max(j0, it.p0);
     const index_t t = it.t0 + index_t(b - it.p0);
-    out[n++] = {a.k.ptr(it.bi, t, it.hk, 0), a.v.ptr(it.bi, t, it.hk, 0), a.k.stride(1), a.v.stride(1),
-                index_t(b - j0), index_t(j1 - b)};
+    out[n++] = {a.k.ptr(it.bi, t, it.hk, 0),
+                a.v.ptr(it.bi, t, it.hk, 0),
+                a.k.stride(1),
+                a.v.stride(1),
+                index_t(b - j0),
+                index_t(j1 - b)};
   }
   return n;
 }
@@ -552,7 +555,6 @@ inline index_t nha_row_block(index_t window, index_t chunk) {
   return window >= 2 * chunk ? chunk : std::min<index_t>(chunk, nha_row_block_tokens);
 }
 
-
 template <class Arch>
 inline void nha_chunk_kernel(Arch arch, const nha_args& a) {
   const nha_shape sh(a);
@@ -575,8 +577,8 @@ inline void nha_chunk_kernel(Arch arch, const nha_args& a) {
   const std::size_t sz_q = sf::bytes_for<float>(GC * dk), sz_p = sf::bytes_for<float>(GC * C);
   const std::size_t sz_a = sf::bytes_for<float>(GC * m), sz_acc = sf::bytes_for<float>(GC * dv);
   const std::size_t sz_s = sf::bytes_for<float>(G * RB * KT), sz_row = sf::bytes_for<float>(GC);
-  const std::size_t slot = sz_cdk + sz_cdv + 5 * sz_cm + 3 * sz_m +
-                           (sh.own_slot_qk ? 2 : 1) * sz_q + sz_p + sz_a + sz_acc + sz_s + 2 * sz_row;
+  const std::size_t slot = sz_cdk + sz_cdv + 5 * sz_cm + 3 * sz_m + (sh.own_slot_qk ? 2 : 1) * sz_q + sz_p + sz_a +
+                           sz_acc + sz_s + 2 * sz_row;
   const int workers = worker_slots(a.params->policy);
   sf frame(slot * std::size_t(workers));
   float* base = frame.alloc<float>(slot / sizeof(float) * std::size_t(workers));
@@ -590,22 +592,22 @@ inline void nha_chunk_kernel(Arch arch, const nha_args& a) {
       p += bytes / sizeof(float);
       return r;
     };
-    float* KW = take(sz_cdk);       // [C, d_k] slot keys written in the chunk's steps
-    float* VW = take(sz_cdv);       // [C, d_v] their values
-    float* GW = take(sz_cm);        // [C, m]   their log gates (0 where nothing is written)
-    float* Rc = take(sz_cm);        // [C, m]   chunk-relative cumulative gates
-    float* ER = take(sz_cm);        // [C, m]   exp(R_i)
-    float* SG = take(sz_cm);        // [C, m]   (1 - alpha_j) exp(-R_j)
-    float* SE = take(sz_cm);        // [C, m]   (1 - alpha_j) exp(R_{c-1} - R_j)
-    float* e0 = take(sz_m);         // exp(g_0)
-    float* el = take(sz_m);         // exp(R_{c-1})
-    float* dec = take(sz_m);        // exp(g_0 + R_{c-1}): the chunk's decay of the carried slots
-    float* QW = take(sz_q);         // [G c, d_k] scale q, rows token-major
+    float* KW = take(sz_cdk);  // [C, d_k] slot keys written in the chunk's steps
+    float* VW = take(sz_cdv);  // [C, d_v] their values
+    float* GW = take(sz_cm);   // [C, m]   their log gates (0 where nothing is written)
+    float* Rc = take(sz_cm);   // [C, m]   chunk-relative cumulative gates
+    float* ER = take(sz_cm);   // [C, m]   exp(R_i)
+    float* SG = take(sz_cm);   // [C, m]   (1 - alpha_j) exp(-R_j)
+    float* SE = take(sz_cm);   // [C, m]   (1 - alpha_j) exp(R_{c-1} - R_j)
+    float* e0 = take(sz_m);    // exp(g_0)
+    float* el = take(sz_m);    // exp(R_{c-1})
+    float* dec = take(sz_m);   // exp(g_0 + R_{c-1}): the chunk's decay of the carried slots
+    float* QW = take(sz_q);    // [G c, d_k] scale q, rows token-major
     float* QS = sh.own_slot_qk ? take(sz_q) : QW;
-    float* P = take(sz_p);          // [G c, c] qs . ks, then the slot-readout weights
-    float* A = take(sz_a);          // [G c, m] slot scores, then weights
-    float* acc = take(sz_acc);      // [G c, d_v] unnormalised output
-    float* S = take(sz_s);          // [G RB, KT] window scores of one key tile
+    float* P = take(sz_p);      // [G c, c] qs . ks, then the slot-readout weights
+    float* A = take(sz_a);      // [G c, m] slot scores, then weights
+    float* acc = take(sz_acc);  // [G c, d_v] unnormalised output
+    float* S = take(sz_s);      // [G RB, KT] window scores of one key tile
     float* mx = take(sz_row);
     float* lsum = take(sz_row);
 
