@@ -9,7 +9,7 @@
 // on one state, so a prompt is prefilled and then decoded without a re-run.
 //
 // ref: J. Du, J. Hu, T. Zhang, W. Sun, Y. Cheng, "Native Hybrid Attention for
-//      Efficient Sequence Modeling", arXiv:2510.07019, 2025 (sec. 3; the slot
+//      Efficient Sequence Modeling", arXiv:2510.07019, 2025 (the slot
 //      memory is Gated Slot Attention's: Y. Zhang et al., "Gated Slot Attention
 //      for Efficient Linear-Time Sequence Modeling", NeurIPS 2024); semantics
 //      of the authors' chunk_nha / fused_recurrent_nha (github.com/JusenD/NHA).
