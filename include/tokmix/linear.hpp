@@ -10,3 +10,4 @@
 #include "tokmix/linear/random_features.hpp"
 #include "tokmix/linear/kernelized_relpos.hpp"
 #include "tokmix/linear/galerkin.hpp"
+#include "tokmix/linear/nha.hpp"
