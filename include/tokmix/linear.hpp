@@ -1,6 +1,6 @@
 #pragma once
 // Umbrella header: linear attention, its feature maps and the gated / decaying
-// linear recurrences (../shared/MIXERS.md, "Linear attention" and "Gated and
+// linear recurrences (docs/semantics.md, "Linear attention" and "Gated and
 // decaying linear recurrences").
 #include "tokmix/linear/gla.hpp"
 #include "tokmix/linear/retention.hpp"

@@ -5,7 +5,7 @@
 // and the chunk bookkeeping run. Kept in one place so the three mixers agree on
 // shapes, error messages and threading, and a fix lands in all of them.
 //
-// Layout (../shared/MIXERS.md, fla conventions): q, k [batch, seq, heads, d_k],
+// Layout (docs/semantics.md, fla conventions): q, k [batch, seq, heads, d_k],
 // v, o [batch, seq, heads, d_v], state S [n_states, heads, d_k, d_v] with
 // o_t = S_t^T (scale * q_t).
 
