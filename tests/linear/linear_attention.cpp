@@ -6,6 +6,7 @@
 
 #include "tokmix/linear/linear_attention.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -214,6 +215,9 @@ TEST_CASE("linear attention: initial state, threads, [B, H, L, D] strides", "[li
         std::memcpy(&q_bhld[static_cast<std::size_t>(((b * 2 + h) * L + t) * dk)], p.q_at(b, t, h), sizeof(float) * dk);
   std::vector<float> first;
   for (int threads : {1, 2}) {
+    // Fresh NaNs each pass: a threaded run that skips a head must not pass on
+    // the serial run's leftovers.
+    std::fill(o_bhld.begin(), o_bhld.end(), std::numeric_limits<float>::quiet_NaN());
     linear_attention_params prm;
     prm.chunk_size = 10;
     prm.policy = exec_policy::threads(threads);
