@@ -1,9 +1,12 @@
 // flash_attention_varlen: a packed batch (with empty and length-1 sequences)
-// equals one flash_attention call per sequence, bit for bit, and bad offsets
+// equals one flash_attention call per sequence, bit for bit; fp16/bf16 q/k/v
+// storage against the float64 reference on the rounded inputs; bad offsets
 // are rejected before anything is written.
 
+#include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -67,6 +70,73 @@ TEST_CASE("varlen equals per-sequence calls", "[attention][varlen]") {
       }
     }
   }
+}
+
+namespace {
+
+// Packed q/k/v stored as TQ/TK/TV in NaN-padded buffers; every sequence of the
+// varlen call against the float64 reference on the same (rounded) inputs.
+template <class TQ, class TK, class TV>
+void check_varlen_storage(const tokmix::attention_params& p, unsigned seed) {
+  const index_t Hq = 4, Hkv = 2, D = 64, Dv = 48;
+  const std::vector<std::int32_t> lq{5, 0, 1, 70, 3, 130}, lk{5, 4, 1, 70, 0, 129};
+  std::vector<std::int32_t> cq{0}, ck{0};
+  for (std::size_t i = 0; i < lq.size(); ++i) {
+    cq.push_back(cq.back() + lq[i]);
+    ck.push_back(ck.back() + lk[i]);
+  }
+  const index_t Tq = cq.back(), Tk = ck.back(), B = static_cast<index_t>(lq.size());
+  tokmix_test::nan_padded<TQ> qd(static_cast<std::size_t>(Tq * Hq * D));
+  tokmix_test::nan_padded<TK> kd(static_cast<std::size_t>(Tk * Hkv * D));
+  tokmix_test::nan_padded<TV> vd(static_cast<std::size_t>(Tk * Hkv * Dv));
+  auto fill = [](auto* dst, index_t n, unsigned s) {
+    using T = std::remove_pointer_t<decltype(dst)>;
+    const auto r = tokmix_test::random_floats(static_cast<std::size_t>(n), s);
+    for (index_t i = 0; i < n; ++i) dst[i] = T(r[static_cast<std::size_t>(i)]);
+  };
+  fill(qd.data(), Tq * Hq * D, seed);
+  fill(kd.data(), Tk * Hkv * D, seed + 1);
+  fill(vd.data(), Tk * Hkv * Dv, seed + 2);
+  tensor_view<const TQ, 3> q(qd.data(), {Tq, Hq, D});
+  tensor_view<const TK, 3> k(kd.data(), {Tk, Hkv, D});
+  tensor_view<const TV, 3> v(vd.data(), {Tk, Hkv, Dv});
+  tokmix_test::nan_padded<float> o(static_cast<std::size_t>(Tq * Hq * Dv)), lse(static_cast<std::size_t>(Hq * Tq));
+  tokmix::flash_attention_varlen(q, k, v, tensor_view<float, 3>(o.data(), {Tq, Hq, Dv}),
+                                 tensor_view<const std::int32_t, 1>(cq.data(), {B + 1}),
+                                 tensor_view<const std::int32_t, 1>(ck.data(), {B + 1}), 130, 129,
+                                 tensor_view<float, 2>(lse.data(), {Hq, Tq}), p);
+  REQUIRE(std::isnan(o.data()[-1]));
+  REQUIRE(std::isnan(o.data()[Tq * Hq * Dv]));
+  REQUIRE(std::isnan(lse.data()[-1]));
+  REQUIRE(std::isnan(lse.data()[Hq * Tq]));
+  for (index_t b = 0; b < B; ++b) {
+    const index_t sq = cq[b], sk = ck[b], nq = lq[b], nk = lk[b];
+    if (nq == 0) continue;  // no rows of this sequence in o or lse
+    INFO("sequence " << b << " (" << nq << " queries, " << nk << " keys)");
+    const auto ref = tokmix_test::attention_reference(tensor_view<const TQ, 4>(qd.data() + sq * Hq * D, {1, nq, Hq, D}),
+                                                      tensor_view<const TK, 4>(kd.data() + sk * Hkv * D, {1, nk, Hkv, D}),
+                                                      tensor_view<const TV, 4>(vd.data() + sk * Hkv * Dv, {1, nk, Hkv, Dv}), p);
+    TOKMIX_REQUIRE_CLOSE(o.data() + sq * Hq * Dv, ref.o.data(), ref.o.size(), 2e-5, 1e-4);
+    for (index_t h = 0; h < Hq; ++h)
+      TOKMIX_REQUIRE_CLOSE(lse.data() + h * Tq + sq, ref.lse.data() + h * nq, static_cast<std::size_t>(nq), 2e-5, 1e-4);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("varlen: half and bfloat16 storage == float64 reference on the rounded inputs", "[attention][varlen]") {
+  tokmix::attention_params p;
+  p.causal = true;
+  p.window_left = 40;
+  check_varlen_storage<Eigen::half, Eigen::half, Eigen::half>(p, 11);
+  check_varlen_storage<Eigen::bfloat16, Eigen::bfloat16, Eigen::bfloat16>(p, 12);
+  p = {};
+  p.policy = tokmix::exec_policy::threads(2);
+  check_varlen_storage<Eigen::half, Eigen::half, Eigen::half>(p, 13);
+  check_varlen_storage<Eigen::bfloat16, Eigen::bfloat16, Eigen::bfloat16>(p, 14);
+  p.causal = true;
+  check_varlen_storage<Eigen::half, Eigen::bfloat16, float>(p, 15);
+  check_varlen_storage<float, Eigen::half, Eigen::bfloat16>(p, 16);
 }
 
 TEST_CASE("varlen rejects bad offsets and options without writing", "[attention][varlen]") {

@@ -73,6 +73,45 @@ TEST_CASE("galerkin: no keys gives zeros; threads agree", "[linear][galerkin]") 
   REQUIRE(a == b);
 }
 
+TEST_CASE("galerkin / fourier attention: threads(2) == float64 definition == serial", "[linear][galerkin]") {
+  // B x Hkv = 6 items over two workers, grouped heads, Lq != Lk, with affine.
+  const index_t B = 2, Lq = 19, Lk = 33, Hq = 6, Hkv = 3, dk = 9, dv = 7;
+  const auto p = ref::random_problem(B, Lq, Lk, Hq, Hkv, dk, dv, 990);
+  for (bool fourier : {false, true}) {
+    ref::galerkin_affine a;
+    galerkin_params prm;
+    prm.kind = fourier ? galerkin_kind::fourier : galerkin_kind::galerkin;
+    a.kw = random_floats(Hkv * dk, 991, 0.5f, 1.5f);
+    a.kb = random_floats(Hkv * dk, 992, -0.5f, 0.5f);
+    prm.k_norm_weight = tensor_view<const float, 2>(a.kw.data(), {Hkv, dk});
+    prm.k_norm_bias = tensor_view<const float, 2>(a.kb.data(), {Hkv, dk});
+    if (fourier) {
+      a.qw = random_floats(Hq * dk, 993, 0.5f, 1.5f);
+      prm.q_norm_weight = tensor_view<const float, 2>(a.qw.data(), {Hq, dk});
+    } else {
+      a.vb = random_floats(Hkv * dv, 994, -0.5f, 0.5f);
+      prm.v_norm_bias = tensor_view<const float, 2>(a.vb.data(), {Hkv, dv});
+    }
+    const auto want = ref::galerkin(p, fourier, 1e-5, a);
+    std::vector<float> serial;
+    for (int threads : {1, 2}) {
+      CAPTURE(fourier, threads);
+      prm.policy = exec_policy::threads(threads);
+      tokmix_test::nan_padded<float> o(p.o_size());
+      galerkin_attention(tensor_view<const float, 4>(p.q.data(), {B, Lq, Hq, dk}),
+                         tensor_view<const float, 4>(p.k.data(), {B, Lk, Hkv, dk}),
+                         tensor_view<const float, 4>(p.v.data(), {B, Lk, Hkv, dv}),
+                         tensor_view<float, 4>(o.data(), {B, Lq, Hq, dv}), prm);
+      TOKMIX_REQUIRE_CLOSE(o.data(), want.data(), p.o_size(), 2e-5, 1e-4);
+      REQUIRE(std::isnan(o.data()[-1]));
+      REQUIRE(std::isnan(o.data()[p.o_size()]));
+      const std::vector<float> got(o.data(), o.data() + p.o_size());
+      if (threads == 1) serial = got;
+      else REQUIRE(got == serial);
+    }
+  }
+}
+
 TEST_CASE("galerkin: bad inputs throw and write nothing", "[linear][galerkin]") {
   const auto p = ref::random_problem(1, 4, 4, 2, 1, 4, 3, 9);
   std::vector<float> o(p.o_size(), 7.f), w(8, 1.f);

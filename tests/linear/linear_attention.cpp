@@ -6,9 +6,11 @@
 
 #include "tokmix/linear/linear_attention.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "linear/reference_linear.hpp"
@@ -213,6 +215,9 @@ TEST_CASE("linear attention: initial state, threads, [B, H, L, D] strides", "[li
         std::memcpy(&q_bhld[static_cast<std::size_t>(((b * 2 + h) * L + t) * dk)], p.q_at(b, t, h), sizeof(float) * dk);
   std::vector<float> first;
   for (int threads : {1, 2}) {
+    // Fresh NaNs each pass: a threaded run that skips a head must not pass on
+    // the serial run's leftovers.
+    std::fill(o_bhld.begin(), o_bhld.end(), std::numeric_limits<float>::quiet_NaN());
     linear_attention_params prm;
     prm.chunk_size = 10;
     prm.policy = exec_policy::threads(threads);
@@ -319,4 +324,238 @@ TEST_CASE("linear attention: bad inputs throw and write nothing", "[linear][line
   bad = good;
   bad.phi = feature_map::random_features(w);
   expect_throw([&] { linear_attention(in.q, in.k, in.v, ov, bad); });
+}
+
+namespace {
+
+// Runs the one-token step over every token of a causal problem from `st`.
+void run_steps(const ref::problem& p, const linear_attention_params& prm, linear_attention_state& st, float* o) {
+  auto drop = [](const tensor_view<const float, 4>& x) {
+    return tensor_view<const float, 3>(x.data(), {x.dim(0), x.dim(2), x.dim(3)}, {x.stride(0), x.stride(2), 1});
+  };
+  for (index_t t = 0; t < p.Lq; ++t) {
+    const auto s = slice(p, t, 1);
+    const auto ov = out_slice(p, o, t, 1);
+    linear_attention_step(drop(s.q), drop(s.k), drop(s.v), st,
+                          tensor_view<float, 3>(ov.data(), {p.B, p.Hq, p.dv}, {ov.stride(0), ov.stride(2), 1}), prm);
+  }
+}
+
+// Normalised where the normaliser cannot cross 0 (the maps the first test
+// normalises); eps = 0 for stabilised positive features, whose eps acts on
+// the shifted denominator.
+struct map_case {
+  feature_map f;
+  bool normalize;
+  float eps;
+};
+
+map_case case_for(const feature_map& f) {
+  const bool norm = feature_map_positive(f) || f.kind == feature_map_kind::based_taylor;
+  const bool stab = f.kind == feature_map_kind::random_features && f.stabilize;
+  return {f, norm, norm && stab ? 0.f : 1e-3f};
+}
+
+}  // namespace
+
+TEST_CASE("linear attention: caller-supplied projection (positive and trigonometric) == float64 reference",
+          "[linear][linear_attention]") {
+  // A "learned" W: not orthogonal, rows of arbitrary length, m not a multiple
+  // of head_dim, passed with a padded row stride (NaN in the padding) so the
+  // copy must follow the view's strides.
+  const index_t dk = 9, dv = 5, m = 19, ld = 12;
+  const auto wv = random_floats(static_cast<std::size_t>(m * dk), 800, -1.2f, 1.2f);
+  std::vector<float> wpad(static_cast<std::size_t>(m * ld), std::numeric_limits<float>::quiet_NaN());
+  for (index_t r = 0; r < m; ++r)
+    for (index_t c = 0; c < dk; ++c) wpad[static_cast<std::size_t>(r * ld + c)] = wv[static_cast<std::size_t>(r * dk + c)];
+  const tensor_view<const float, 2> w(wpad.data(), {m, dk}, {ld, 1});
+  for (auto kind : {random_feature_kind::positive, random_feature_kind::trigonometric}) {
+    const auto rf = random_feature_map::from_projection(w, kind);
+    REQUIRE(rf.feature_dim() == (kind == random_feature_kind::positive ? m : 2 * m));
+    // The reference reads rf.projection(): it must be the caller's W.
+    for (index_t r = 0; r < m; ++r)
+      for (index_t c = 0; c < dk; ++c) REQUIRE(rf.projection()(r, c) == wv[static_cast<std::size_t>(r * dk + c)]);
+    std::vector<feature_map> maps{feature_map::random_features(rf)};
+    if (kind == random_feature_kind::positive) maps.push_back(feature_map::random_features(rf, false));
+    for (const auto& f : maps) {
+      const map_case mc = case_for(f);
+      CAPTURE(static_cast<int>(kind), f.stabilize, mc.normalize);
+      linear_attention_params prm;
+      prm.phi = f;
+      prm.normalize = mc.normalize;
+      prm.eps = mc.eps;
+      prm.chunk_size = 8;
+      // Causal prefill (chunked and recurrent), state checked too.
+      const auto p = make(2, 21, 21, 4, 2, dk, dv, 810);
+      const auto want = ref::linear_attention(p, f, mc.normalize, mc.eps, true);
+      for (auto algo : {linear_attention_algorithm::chunked, linear_attention_algorithm::recurrent}) {
+        CAPTURE(static_cast<int>(algo));
+        prm.algorithm = algo;
+        auto st = make_linear_attention_state(p.B, p.Hkv, dk, dv, f);
+        REQUIRE(st.feature_dim() == rf.feature_dim());
+        tokmix_test::nan_padded<float> o(p.o_size());
+        const auto in = whole(p);
+        linear_attention_prefill(in.q, in.k, in.v, st, tensor_view<float, 4>(o.data(), {p.B, p.Lq, p.Hq, dv}), prm);
+        TOKMIX_REQUIRE_CLOSE(o.data(), want.o.data(), p.o_size(), 5e-5, 5e-5);
+        REQUIRE(std::isnan(o.data()[-1]));
+        REQUIRE(std::isnan(o.data()[p.o_size()]));
+        std::vector<double> S, z;
+        true_state(st, S, z);
+        TOKMIX_REQUIRE_CLOSE(S.data(), want.S.data(), S.size(), 1e-4, 1e-4);
+        TOKMIX_REQUIRE_CLOSE(z.data(), want.z.data(), z.size(), 1e-4, 1e-4);
+      }
+      // Non-causal, Lq != Lk.
+      const auto pn = make(2, 6, 33, 4, 2, dk, dv, 820);
+      const auto want_n = ref::linear_attention(pn, f, mc.normalize, mc.eps, false);
+      tokmix_test::nan_padded<float> on(pn.o_size());
+      const auto inn = whole(pn);
+      linear_attention(inn.q, inn.k, inn.v, tensor_view<float, 4>(on.data(), {pn.B, pn.Lq, pn.Hq, dv}), prm);
+      TOKMIX_REQUIRE_CLOSE(on.data(), want_n.o.data(), pn.o_size(), 5e-5, 5e-5);
+      REQUIRE(std::isnan(on.data()[-1]));
+      REQUIRE(std::isnan(on.data()[pn.o_size()]));
+    }
+  }
+}
+
+TEST_CASE("linear attention: threads(2) == float64 reference for every map, causal and non-causal",
+          "[linear][linear_attention]") {
+  const index_t dk = 9, dv = 7;
+  const auto gamma = random_floats(dk, 831, 0.5f, 1.5f), beta = random_floats(dk, 832, -0.2f, 0.2f);
+  random_feature_map pos(dk, 24, 833), trig(dk, 12, 834, random_feature_kind::trigonometric);
+  const feature_map maps[] = {feature_map::identity(),
+                              feature_map::elu_plus_one(),
+                              feature_map::relu(),
+                              feature_map::based_taylor(),
+                              feature_map::rebased(tensor_view<const float, 1>(gamma.data(), {dk}),
+                                                   tensor_view<const float, 1>(beta.data(), {dk})),
+                              feature_map::random_features(pos),
+                              feature_map::random_features(pos, false),
+                              feature_map::random_features(trig)};
+  // Causal: B = 1 so the two workers split the kv heads of one sequence
+  // (blocks of 2 + 1 heads); B = 2 gives one item per sequence.
+  const ref::problem causal[] = {make(1, 29, 29, 6, 3, dk, dv, 840), make(2, 17, 17, 3, 3, dk, dv, 841)};
+  const auto pn = make(2, 11, 26, 6, 3, dk, dv, 842);
+  for (const auto& f : maps) {
+    const map_case mc = case_for(f);
+    CAPTURE(feature_map_name(f.kind), f.stabilize, mc.normalize);
+    linear_attention_params prm;
+    prm.phi = f;
+    prm.normalize = mc.normalize;
+    prm.eps = mc.eps;
+    prm.chunk_size = 8;
+    for (const auto& p : causal) {
+      CAPTURE(p.B);
+      const auto want = ref::linear_attention(p, f, mc.normalize, mc.eps, true);
+      for (auto algo : {linear_attention_algorithm::chunked, linear_attention_algorithm::recurrent}) {
+        CAPTURE(static_cast<int>(algo));
+        prm.algorithm = algo;
+        std::vector<float> serial;
+        for (int threads : {1, 2}) {
+          CAPTURE(threads);
+          prm.policy = exec_policy::threads(threads);
+          auto st = make_linear_attention_state(p.B, p.Hkv, dk, dv, f);
+          tokmix_test::nan_padded<float> o(p.o_size());
+          const auto in = whole(p);
+          linear_attention_prefill(in.q, in.k, in.v, st, tensor_view<float, 4>(o.data(), {p.B, p.Lq, p.Hq, dv}), prm);
+          TOKMIX_REQUIRE_CLOSE(o.data(), want.o.data(), p.o_size(), tol_for(f), tol_for(f));
+          REQUIRE(std::isnan(o.data()[-1]));
+          REQUIRE(std::isnan(o.data()[p.o_size()]));
+          const std::vector<float> got(o.data(), o.data() + p.o_size());
+          if (threads == 1) serial = got;
+          else REQUIRE(got == serial);  // heads are independent: bit-identical
+        }
+      }
+    }
+    prm.algorithm = linear_attention_algorithm::chunked;
+    prm.policy = exec_policy::threads(2);
+    const auto want = ref::linear_attention(pn, f, mc.normalize, mc.eps, false);
+    tokmix_test::nan_padded<float> o(pn.o_size());
+    const auto in = whole(pn);
+    linear_attention(in.q, in.k, in.v, tensor_view<float, 4>(o.data(), {pn.B, pn.Lq, pn.Hq, dv}), prm);
+    TOKMIX_REQUIRE_CLOSE(o.data(), want.o.data(), pn.o_size(), tol_for(f), tol_for(f));
+    REQUIRE(std::isnan(o.data()[-1]));
+    REQUIRE(std::isnan(o.data()[pn.o_size()]));
+  }
+}
+
+TEST_CASE("linear attention: steps == float64 reference == prefill for identity, relu, Based, ReBased, trig",
+          "[linear][linear_attention]") {
+  const index_t dk = 10, dv = 6;
+  const auto gamma = random_floats(dk, 851, 0.5f, 1.5f), beta = random_floats(dk, 852, -0.2f, 0.2f);
+  random_feature_map trig(dk, 14, 853, random_feature_kind::trigonometric);
+  const feature_map maps[] = {feature_map::identity(), feature_map::relu(), feature_map::based_taylor(),
+                              feature_map::rebased(tensor_view<const float, 1>(gamma.data(), {dk}),
+                                                   tensor_view<const float, 1>(beta.data(), {dk})),
+                              feature_map::random_features(trig)};
+  const auto p = make(2, 19, 19, 4, 2, dk, dv, 854);
+  for (const auto& f : maps) {
+    const map_case mc = case_for(f);
+    CAPTURE(feature_map_name(f.kind), mc.normalize);
+    linear_attention_params prm;
+    prm.phi = f;
+    prm.normalize = mc.normalize;
+    prm.eps = mc.eps;
+    prm.chunk_size = 8;
+    const auto want = ref::linear_attention(p, f, mc.normalize, mc.eps, true);
+    for (int threads : {1, 2}) {
+      CAPTURE(threads);
+      prm.policy = exec_policy::threads(threads);
+      auto steps = make_linear_attention_state(p.B, p.Hkv, dk, dv, f), pre = steps;
+      tokmix_test::nan_padded<float> os(p.o_size()), op(p.o_size());
+      run_steps(p, prm, steps, os.data());
+      TOKMIX_REQUIRE_CLOSE(os.data(), want.o.data(), p.o_size(), tol_for(f), tol_for(f));
+      REQUIRE(std::isnan(os.data()[-1]));
+      REQUIRE(std::isnan(os.data()[p.o_size()]));
+      const auto in = whole(p);
+      linear_attention_prefill(in.q, in.k, in.v, pre, tensor_view<float, 4>(op.data(), {p.B, p.Lq, p.Hq, dv}), prm);
+      TOKMIX_REQUIRE_CLOSE(os.data(), op.data(), p.o_size(), 1e-5, 1e-5);
+      // The step leaves the state prefill leaves (packed triangle for the quadratic maps).
+      std::vector<double> S1, z1, S2, z2;
+      true_state(steps, S1, z1);
+      true_state(pre, S2, z2);
+      TOKMIX_REQUIRE_CLOSE(S1.data(), S2.data(), S1.size(), 1e-4, 1e-4);
+      TOKMIX_REQUIRE_CLOSE(z1.data(), z2.data(), z1.size(), 1e-4, 1e-4);
+      if (f.kind != feature_map_kind::based_taylor && f.kind != feature_map_kind::rebased) {
+        TOKMIX_REQUIRE_CLOSE(S1.data(), want.S.data(), S1.size(), 1e-4, 1e-4);
+        TOKMIX_REQUIRE_CLOSE(z1.data(), want.z.data(), z1.size(), 1e-4, 1e-4);
+      }
+    }
+  }
+}
+
+TEST_CASE("linear attention: non-causal identity, relu, ReBased == float64 reference", "[linear][linear_attention]") {
+  const index_t dk = 11, dv = 5;
+  const auto gamma = random_floats(dk, 861, 0.5f, 1.5f), beta = random_floats(dk, 862, -0.2f, 0.2f);
+  const feature_map maps[] = {feature_map::identity(), feature_map::relu(),
+                              feature_map::rebased(tensor_view<const float, 1>(gamma.data(), {dk}),
+                                                   tensor_view<const float, 1>(beta.data(), {dk})),
+                              feature_map::rebased()};
+  for (const auto& f : maps) {
+    for (bool normalize : {false, true}) {
+      // identity's normaliser can cross 0: unnormalised only.
+      if (normalize && f.kind == feature_map_kind::identity) continue;
+      for (auto [Lq, Lk] : {std::pair<index_t, index_t>{5, 70}, {70, 5}, {1, 1}, {3, 0}}) {
+        // ReBased's phi(q).phi(k) = (y_q.y_k)^2 is a sum of d(d+1)/2 signed
+        // products in feature space: for one near-orthogonal key it cancels in
+        // fp32 (seen: w = 6e-5 off by 2%), which a normalised output with one
+        // key amplifies. That case runs unnormalised; normalised ReBased uses
+        // the shapes whose normaliser sums several keys.
+        if (normalize && f.kind == feature_map_kind::rebased && Lk == 1) continue;
+        CAPTURE(feature_map_name(f.kind), f.gamma.data() != nullptr, normalize, Lq, Lk);
+        const auto p = make(2, Lq, Lk, 6, 2, dk, dv, 870 + unsigned(Lq));
+        const auto want = ref::linear_attention(p, f, normalize, 1e-3, false);
+        linear_attention_params prm;
+        prm.phi = f;
+        prm.normalize = normalize;
+        prm.eps = 1e-3f;
+        prm.chunk_size = 16;
+        tokmix_test::nan_padded<float> o(p.o_size());
+        const auto in = whole(p);
+        linear_attention(in.q, in.k, in.v, tensor_view<float, 4>(o.data(), {2, Lq, 6, dv}), prm);
+        TOKMIX_REQUIRE_CLOSE(o.data(), want.o.data(), p.o_size(), 3e-5, 3e-5);
+        REQUIRE(std::isnan(o.data()[-1]));
+        REQUIRE(std::isnan(o.data()[p.o_size()]));
+      }
+    }
+  }
 }

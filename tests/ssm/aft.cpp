@@ -20,10 +20,11 @@ namespace {
 
 enum class kind { simple, full, local };
 
-void run_aft(kind kd, std::size_t B, std::size_t L, std::size_t d, std::size_t s, bool causal, unsigned seed,
-             float k_scale = 2.f) {
+// Returns the (dense) output after checking it against the reference.
+std::vector<float> run_aft(kind kd, std::size_t B, std::size_t L, std::size_t d, std::size_t s, bool causal,
+                           unsigned seed, float k_scale = 2.f, const exec_policy& policy = {}) {
   INFO("kind " << int(kd) << " B " << B << " L " << L << " d " << d << " s " << s << " causal " << causal << " k_scale "
-               << k_scale);
+               << k_scale << " workers " << policy.workers());
   const auto qv = random_floats(B * L * d, seed, -3.f, 3.f), kv = random_floats(B * L * d, seed + 1, -k_scale, k_scale),
              vv = random_floats(B * L * d, seed + 2);
   ssm_buffer q({B, L, d}, 1), k({B, L, d}, 2), v({B, L, d}), y({B, L, d}, 3);
@@ -32,6 +33,7 @@ void run_aft(kind kd, std::size_t B, std::size_t L, std::size_t d, std::size_t s
   v.fill(vv);
   aft_options o;
   o.causal = causal;
+  o.policy = policy;
   std::vector<float> wf, wb;
   std::vector<double> ref;
   if (kd == kind::simple) {
@@ -59,6 +61,7 @@ void run_aft(kind kd, std::size_t B, std::size_t L, std::size_t d, std::size_t s
   const auto got = y.dense();
   TOKMIX_REQUIRE_CLOSE(got.data(), ref.data(), got.size(), 2e-5, 2e-4);
   REQUIRE(y.pads_untouched());
+  return got;
 }
 
 }  // namespace
@@ -130,6 +133,53 @@ TEST_CASE("aft: threads give the serial result", "[ssm][aft]") {
   o.policy = exec_policy::threads(2);
   aft_local(q, k, v, tensor_view<const float, 2>(wv.data(), {L, 2 * s - 1}), s, tensor_view<float, 3>(y2.data(), {B, L, d}), o);
   for (std::size_t i = 0; i < y1.size(); ++i) REQUIRE(y1[i] == y2[i]);
+}
+
+TEST_CASE("aft: threads(2) == float64 reference == serial for simple, full and local", "[ssm][aft]") {
+  // Two workers split the channels of each sequence into lane-aligned ranges
+  // (d = 13: 8 + 5, d = 150: 80 + 70), tails included.
+  unsigned seed = 950;
+  for (std::size_t d : {13, 150})
+    for (std::size_t B : {1, 2}) {
+      const std::size_t L = 37;
+      for (bool causal : {false, true}) {
+        ++seed;
+        for (kind kd : {kind::simple, kind::full, kind::local}) {
+          const std::size_t s = kd == kind::local ? 6 : 0;
+          const auto serial = run_aft(kd, B, L, d, s, causal, seed);
+          const auto threaded = run_aft(kd, B, L, d, s, causal, seed, 2.f, exec_policy::threads(2));
+          INFO("kind " << int(kd) << " d " << d << " B " << B << " causal " << causal);
+          REQUIRE(threaded == serial);
+        }
+      }
+    }
+}
+
+TEST_CASE("aft: threaded causal AFT-simple prefills carry the state == float64 reference", "[ssm][aft]") {
+  const index_t B = 2, L1 = 20, L2 = 27, L = L1 + L2, d = 45;
+  const auto qv = random_floats(std::size_t(B * L * d), 961), kv = random_floats(std::size_t(B * L * d), 962, -5.f, 5.f),
+             vv = random_floats(std::size_t(B * L * d), 963);
+  ssm_buffer q({std::size_t(B), std::size_t(L), std::size_t(d)}, 1), k({std::size_t(B), std::size_t(L), std::size_t(d)}, 2),
+      v({std::size_t(B), std::size_t(L), std::size_t(d)}), y({std::size_t(B), std::size_t(L), std::size_t(d)}, 3);
+  q.fill(qv);
+  k.fill(kv);
+  v.fill(vv);
+  aft_options o;
+  o.policy = exec_policy::threads(2);
+  aft_state st(B, d);
+  auto part = [&](const tensor_view<const float, 3>& x, index_t t0, index_t n) {
+    return tensor_view<const float, 3>(x.ptr(0, t0, 0), {B, n, d}, x.strides());
+  };
+  const auto yv = y.view<3>();
+  aft_simple_prefill(part(q.cview<3>(), 0, L1), part(k.cview<3>(), 0, L1), part(v.cview<3>(), 0, L1), st,
+                     tensor_view<float, 3>(yv.data(), {B, L1, d}, yv.strides()), o);
+  aft_simple_prefill(part(q.cview<3>(), L1, L2), part(k.cview<3>(), L1, L2), part(v.cview<3>(), L1, L2), st,
+                     tensor_view<float, 3>(yv.ptr(0, L1, 0), {B, L2, d}, yv.strides()), o);
+  const auto ref = tokmix_test::lti_ref::aft(qv, kv, vv, std::size_t(B), std::size_t(L), std::size_t(d),
+                                             [](std::size_t, std::size_t) { return 0.0; }, true);
+  const auto got = y.dense();
+  TOKMIX_REQUIRE_CLOSE(got.data(), ref.data(), ref.size(), 2e-5, 2e-4);
+  REQUIRE(y.pads_untouched());
 }
 
 TEST_CASE("aft: bad shapes and params throw argument_error and write nothing", "[ssm][aft]") {

@@ -152,6 +152,77 @@ TEST_CASE("dilated_conv: two prefills == one prefill == steps", "[ssm][long_conv
   }
 }
 
+TEST_CASE("long_conv direct path, fsmn_memory, dilated stack: threads(2) == float64 reference == serial",
+          "[ssm][long_conv]") {
+  // L = 150 is three row blocks of 64 per sequence, so two workers share rows
+  // of one sequence as well as the two sequences.
+  const std::size_t B = 2, L = 150, C = 19, K = 12;
+  const auto xv = random_floats(B * L * C, 900), hv = random_floats(C * K, 901), dv = random_floats(C, 902);
+  const auto want_conv = tokmix_test::lti_ref::long_conv(xv, B, L, C, hv, K, dv);
+  const auto want_fsmn = tokmix_test::lti_ref::long_conv(xv, B, L, C, hv, K, std::vector<float>(C, 1.f));
+  stack_fixture f(C, {{3, 1}, {2, 2}, {4, 5}, {2, 7}}, 903);
+  const auto want_stack = tokmix_test::lti_ref::dilated(xv, B, L, C, f.ref, true);
+  ssm_buffer x({B, L, C}, 3), h({C, K}, 1), d({C});
+  x.fill(xv);
+  h.fill(hv);
+  d.fill(dv);
+  std::vector<float> serial[4];
+  for (int threads : {1, 2}) {
+    INFO("threads " << threads);
+    std::vector<float> got[4];
+    long_conv_options lo;
+    lo.path = long_conv_path::direct;
+    lo.policy = exec_policy::threads(threads);
+    {
+      ssm_buffer out({B, L, C}, 2);
+      long_conv(x.cview<3>(), h.cview<2>(), d.cview<1>(), out.view<3>(), lo);
+      got[0] = out.dense();
+      TOKMIX_REQUIRE_CLOSE(got[0].data(), want_conv.data(), got[0].size(), 2e-5 * std::sqrt(double(K)), 1e-4);
+      REQUIRE(out.pads_untouched());
+    }
+    {
+      // automatic takes the direct sum at 12 taps.
+      lo.path = long_conv_path::automatic;
+      ssm_buffer out({B, L, C}, 1);
+      fsmn_memory(x.cview<3>(), h.cview<2>(), out.view<3>(), lo);
+      got[1] = out.dense();
+      TOKMIX_REQUIRE_CLOSE(got[1].data(), want_fsmn.data(), got[1].size(), 2e-5 * std::sqrt(double(K)), 1e-4);
+      REQUIRE(out.pads_untouched());
+    }
+    dilated_conv_options dop;
+    dop.silu = true;
+    dop.policy = exec_policy::threads(threads);
+    {
+      ssm_buffer out({B, L, C}, 3);
+      dilated_conv(x.cview<3>(), f.layers, out.view<3>(), dop);
+      got[2] = out.dense();
+      TOKMIX_REQUIRE_CLOSE(got[2].data(), want_stack.data(), got[2].size(), 1e-5, 1e-5);
+      REQUIRE(out.pads_untouched());
+    }
+    {
+      // Two threaded prefills (70 + 80 tokens) carry the state between them.
+      ssm_buffer out({B, L, C}, 2);
+      dilated_conv_state st(index_t(B), index_t(C), f.layers);
+      const auto xs = x.cview<3>();
+      const auto os = out.view<3>();
+      const index_t L1 = 70, L2 = index_t(L) - L1;
+      dilated_conv_prefill(tensor_view<const float, 3>(xs.data(), {index_t(B), L1, index_t(C)}, xs.strides()), f.layers,
+                           st, tensor_view<float, 3>(os.data(), {index_t(B), L1, index_t(C)}, os.strides()), dop);
+      dilated_conv_prefill(tensor_view<const float, 3>(xs.ptr(0, L1, 0), {index_t(B), L2, index_t(C)}, xs.strides()),
+                           f.layers, st,
+                           tensor_view<float, 3>(os.ptr(0, L1, 0), {index_t(B), L2, index_t(C)}, os.strides()), dop);
+      got[3] = out.dense();
+      TOKMIX_REQUIRE_CLOSE(got[3].data(), want_stack.data(), got[3].size(), 1e-5, 1e-5);
+      REQUIRE(out.pads_untouched());
+    }
+    for (int i = 0; i < 4; ++i) {
+      INFO("output " << i);
+      if (threads == 1) serial[i] = got[i];
+      else REQUIRE(got[i] == serial[i]);  // row blocks are independent: bit-identical
+    }
+  }
+}
+
 TEST_CASE("long_conv / dilated_conv: bad shapes and params throw and write nothing", "[ssm][long_conv]") {
   const index_t B = 1, L = 9, C = 5;
   std::vector<float> xv(B * L * C, 1.f), hv(C * 4, 0.5f), dv(C, 1.f), y(B * L * C, -7.f);

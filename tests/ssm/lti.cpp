@@ -54,11 +54,14 @@ double max_abs(const std::vector<double>& v) {
   return m;
 }
 
-void run_lti(index_t B, index_t L, index_t H, index_t N, lti_path path, bool init_state, unsigned seed) {
-  INFO("B " << B << " L " << L << " H " << H << " N " << N << " path " << int(path) << " init " << init_state);
+// Returns the output after checking it and the final state against the reference.
+std::vector<float> run_lti(index_t B, index_t L, index_t H, index_t N, lti_path path, bool init_state, unsigned seed,
+                           const exec_policy& policy = {}) {
+  INFO("B " << B << " L " << L << " H " << H << " N " << N << " path " << int(path) << " init " << init_state
+            << " workers " << policy.workers());
   const lti_system sys = random_system(H, N, seed);
   const auto uv = random_floats(std::size_t(B * L * H), seed + 10);
-  std::vector<float> y(std::size_t(B * L * H), std::numeric_limits<float>::quiet_NaN());
+  tokmix_test::nan_padded<float> y(std::size_t(B * L * H));
   lti_state st(B, H, N);
   std::vector<cd> s_ref(std::size_t(B * H * N), 0.0);
   if (init_state) {
@@ -69,11 +72,14 @@ void run_lti(index_t B, index_t L, index_t H, index_t N, lti_path path, bool ini
   }
   lti_options o;
   o.path = path;
+  o.policy = policy;
   lti_prefill(tensor_view<const float, 3>(uv.data(), {B, L, H}), sys.params(), st,
               tensor_view<float, 3>(y.data(), {B, L, H}), o);
   const auto ref = tokmix_test::lti_ref::lti(uv, std::size_t(B), std::size_t(L), to_ref(sys), s_ref);
   const double scale = std::max(1.0, max_abs(ref));
-  TOKMIX_REQUIRE_CLOSE(y.data(), ref.data(), y.size(), 2e-5 * scale, 1e-4);
+  TOKMIX_REQUIRE_CLOSE(y.data(), ref.data(), ref.size(), 2e-5 * scale, 1e-4);
+  REQUIRE(std::isnan(y.data()[-1]));
+  REQUIRE(std::isnan(y.data()[ref.size()]));
   std::vector<double> sr, si;
   for (const cd& v : s_ref) {
     sr.push_back(v.real());
@@ -82,6 +88,7 @@ void run_lti(index_t B, index_t L, index_t H, index_t N, lti_path path, bool ini
   const double sscale = std::max(1.0, std::max(max_abs(sr), max_abs(si)));
   TOKMIX_REQUIRE_CLOSE(st.re().data(), sr.data(), sr.size(), 2e-5 * sscale, 1e-4);
   TOKMIX_REQUIRE_CLOSE(st.im().data(), si.data(), si.size(), 2e-5 * sscale, 1e-4);
+  return std::vector<float>(y.data(), y.data() + ref.size());
 }
 
 }  // namespace
@@ -110,6 +117,44 @@ TEST_CASE("lti: forward from zeros, FFT == recurrent, threads", "[ssm][lti]") {
   double m = 0;
   for (float v : y1) m = std::max(m, double(std::abs(v)));
   TOKMIX_REQUIRE_CLOSE(y2.data(), y1.data(), y1.size(), 2e-5 * m, 1e-4);
+}
+
+TEST_CASE("lti: threads(2) on the recurrent and automatic paths == float64 reference", "[ssm][lti]") {
+  unsigned seed = 980;
+  // Recurrent: blocks of 16 heads per sequence (H = 19: 16 + 3, H = 40: 32 + 8
+  // when two workers share one sequence); heads are independent, so the
+  // threaded result is the serial one bit for bit.
+  for (index_t B : {1, 2})
+    for (index_t H : {19, 40}) {
+      seed += 2;
+      const auto serial = run_lti(B, 65, H, 17, lti_path::recurrent, true, seed);
+      const auto threaded = run_lti(B, 65, H, 17, lti_path::recurrent, true, seed, exec_policy::threads(2));
+      INFO("B " << B << " H " << H);
+      REQUIRE(threaded == serial);
+    }
+  // Automatic: N = 16 at L = 65 takes the recurrence (16 <= 10 log2(130)),
+  // N = 64 at L = 7 and N = 80 at L = 65 the FFT path.
+  run_lti(2, 65, 19, 16, lti_path::automatic, true, ++seed, exec_policy::threads(2));
+  run_lti(2, 7, 19, 64, lti_path::automatic, true, ++seed, exec_policy::threads(2));
+  run_lti(2, 65, 35, 80, lti_path::automatic, false, ++seed, exec_policy::threads(2));
+  // Stateless forward: the threaded recurrence keeps per-worker zero states;
+  // the FFT path alongside.
+  const index_t B = 2, L = 50, H = 37, N = 9;
+  const lti_system sys = random_system(H, N, ++seed);
+  const auto uv = random_floats(std::size_t(B * L * H), ++seed);
+  std::vector<cd> s_ref(std::size_t(B * H * N), 0.0);
+  const auto ref = tokmix_test::lti_ref::lti(uv, std::size_t(B), std::size_t(L), to_ref(sys), s_ref);
+  for (auto path : {lti_path::recurrent, lti_path::fft}) {
+    INFO("forward path " << int(path));
+    tokmix_test::nan_padded<float> y(uv.size());
+    lti_options o;
+    o.path = path;
+    o.policy = exec_policy::threads(2);
+    lti_forward(tensor_view<const float, 3>(uv.data(), {B, L, H}), sys.params(), tensor_view<float, 3>(y.data(), {B, L, H}), o);
+    TOKMIX_REQUIRE_CLOSE(y.data(), ref.data(), ref.size(), 2e-5 * std::max(1.0, max_abs(ref)), 1e-4);
+    REQUIRE(std::isnan(y.data()[-1]));
+    REQUIRE(std::isnan(y.data()[uv.size()]));
+  }
 }
 
 TEST_CASE("lti: two prefills == one prefill == steps", "[ssm][lti]") {
