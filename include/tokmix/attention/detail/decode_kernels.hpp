@@ -46,11 +46,11 @@ inline xsimd::batch<float, Arch> decode_load(const float* p) {
 }
 template <class Arch>
 inline xsimd::batch<float, Arch> decode_load(const Eigen::half* p) {
-  return simd::detail::half_bits_to_float<Arch>(simd::detail::load_u16<Arch>(p));
+  return simd::detail::load_half_as_float<Arch>(p);
 }
 template <class Arch>
 inline xsimd::batch<float, Arch> decode_load(const Eigen::bfloat16* p) {
-  return simd::detail::bf16_bits_to_float<Arch>(simd::detail::load_u16<Arch>(p));
+  return simd::detail::load_bf16_as_float<Arch>(p);
 }
 
 // s[r * lds + j] = sum_d q[r * ldq + d] * k[j * ldk + d] for MR rows x NK
