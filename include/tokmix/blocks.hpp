@@ -1,3 +1,4 @@
 #pragma once
 // Block pieces and layers that compose mixers into models (see docs/architecture.md).
 #include "tokmix/blocks/linear.hpp"
+#include "tokmix/blocks/mlp.hpp"
