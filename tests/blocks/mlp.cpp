@@ -9,45 +9,13 @@
 
 #include <catch2/catch.hpp>
 
+#include "blocks/reference_mlp.hpp"
 #include "support/compare.hpp"
 
 using namespace tokmix;
+using tokmix_test::mlp_ref::mlp_ref;
 
 namespace {
-
-double ref_act(mlp_activation a, double x) {
-  switch (a) {
-    case mlp_activation::silu: return x / (1.0 + std::exp(-x));
-    case mlp_activation::gelu_tanh: {
-      const double u = std::sqrt(2.0 / 3.14159265358979323846) * (x + 0.044715 * x * x * x);
-      return 0.5 * x * (1.0 + std::tanh(u));
-    }
-    case mlp_activation::gelu_erf: return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
-    case mlp_activation::relu: return x > 0 ? x : 0.0;
-  }
-  return 0;
-}
-
-double ref_linear(const linear_weights& l, const double* in, index_t o) {
-  double s = l.has_bias() ? double(l.bias[o]) : 0.0;
-  for (index_t i = 0; i < l.in_features(); ++i) s += double(l.weight(o, i)) * in[i];
-  return s;
-}
-
-// y = W2 (act(W1 x + b1) [* (W3 x + b3)]) + b2, row by row in float64.
-std::vector<double> mlp_ref(const mlp_weights& w, const float* x, index_t rows, index_t ldx) {
-  const index_t d = w.config.d_model, h = w.config.hidden;
-  std::vector<double> y(static_cast<std::size_t>(rows * d)), xr(d), g(h);
-  for (index_t r = 0; r < rows; ++r) {
-    for (index_t i = 0; i < d; ++i) xr[i] = x[r * ldx + i];
-    for (index_t j = 0; j < h; ++j) {
-      const double a = ref_linear(w.config.gated ? w.gate : w.up, xr.data(), j);
-      g[j] = ref_act(w.config.activation, a) * (w.config.gated ? ref_linear(w.up, xr.data(), j) : 1.0);
-    }
-    for (index_t o = 0; o < d; ++o) y[static_cast<std::size_t>(r * d + o)] = ref_linear(w.down, g.data(), o);
-  }
-  return y;
-}
 
 const mlp_activation all_acts[] = {mlp_activation::silu, mlp_activation::gelu_tanh, mlp_activation::gelu_erf,
                                    mlp_activation::relu};
