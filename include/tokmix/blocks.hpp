@@ -2,5 +2,8 @@
 // Block pieces and layers that compose mixers into models (see docs/architecture.md).
 #include "tokmix/blocks/linear.hpp"
 #include "tokmix/blocks/norm.hpp"
+#include "tokmix/blocks/mlp.hpp"
+#include "tokmix/blocks/moe.hpp"
 #include "tokmix/blocks/mixer_layer.hpp"
 #include "tokmix/blocks/attention_layer.hpp"
+#include "tokmix/blocks/hybrid_stack.hpp"
