@@ -6,4 +6,5 @@
 #include "tokmix/blocks/moe.hpp"
 #include "tokmix/blocks/mixer_layer.hpp"
 #include "tokmix/blocks/attention_layer.hpp"
+#include "tokmix/blocks/ffn_layer.hpp"
 #include "tokmix/blocks/hybrid_stack.hpp"

@@ -497,3 +497,121 @@ TEST_CASE("hybrid stack: bad tokens and shapes throw and write nothing", "[block
   CHECK(st.layer(0).position() == 0);
   CHECK_THROWS_AS(stack.make_state(0, 4), argument_error);
 }
+
+#include "tokmix/blocks/attention_layer.hpp"
+#include "tokmix/blocks/ffn_layer.hpp"
+
+namespace {
+
+// A small model of tokmix's own layers: full and sliding-window attention
+// (GQA, RoPE, QK-norm), SwiGLU MLPs, a MoE, a Macaron pair and a parallel block.
+struct real_model {
+  static constexpr index_t d = 32, V = 23;
+  attention_layer_config full, window;
+  mlp_config mlp = mlp_config::swiglu(d, 40);
+  moe_config moe = moe_config::mixtral(d, 24, 4, 2);
+  real_model() {
+    full.d_model = d;
+    full.num_heads = 4;
+    full.num_kv_heads = 2;
+    full.qk_norm = true;
+    window = full;
+    window.sliding_window = 5;
+    window.cache = kv_storage::fp32;
+  }
+  stack_layer_kinds kinds(std::uint64_t seed) const {
+    stack_layer_kinds k;
+    k['A'] = [this, seed](index_t i) {
+      return std::make_shared<attention_layer>(full, attention_layer_weights::random(full, seed + std::uint64_t(i)));
+    };
+    k['W'] = [this, seed](index_t i) {
+      return std::make_shared<attention_layer>(window, attention_layer_weights::random(window, seed + 50 + std::uint64_t(i)));
+    };
+    k['F'] = [this, seed](index_t i) { return std::make_shared<mlp_layer>(mlp_weights::random(mlp, seed + 100 + std::uint64_t(i))); };
+    k['E'] = [this, seed](index_t i) { return std::make_shared<moe_layer>(moe_weights::random(moe, seed + 200 + std::uint64_t(i))); };
+    return k;
+  }
+  stack_layer_kinds loaded(const named_tensors& t, const hybrid_stack& like) const {
+    auto prefix = [&like](index_t i, char kind) {
+      const auto& b = like.blocks()[std::size_t(i)];
+      return like.mixer_prefix(i, index_t(b.kinds.find(kind)));
+    };
+    stack_layer_kinds k;
+    k['A'] = [this, &t, prefix](index_t i) {
+      return std::make_shared<attention_layer>(full, attention_layer_weights::load(full, t, prefix(i, 'A')));
+    };
+    k['W'] = [this, &t, prefix](index_t i) {
+      return std::make_shared<attention_layer>(window, attention_layer_weights::load(window, t, prefix(i, 'W')));
+    };
+    k['F'] = [this, &t, prefix](index_t i) {
+      return std::make_shared<mlp_layer>(mlp_weights::load(t, detail::ffn_prefix(prefix(i, 'F')), mlp));
+    };
+    k['E'] = [this, &t, prefix](index_t i) {
+      return std::make_shared<moe_layer>(moe_weights::load(t, detail::ffn_prefix(prefix(i, 'E')), moe));
+    };
+    return k;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("hybrid stack of tokmix layers: prefill == steps, chained prefills, save -> load", "[blocks][hybrid_stack]") {
+  const real_model rm;
+  const std::string pattern = "AF W E fAf (AW) F";
+  hybrid_stack_config c;
+  c.d_model = real_model::d;
+  c.vocab_size = real_model::V;
+  c.policy = exec_policy::threads(2);
+  const hybrid_stack stack(c, parse_stack_pattern(pattern, rm.kinds(3)), 8);
+  const index_t B = 2, L = 13;
+  std::vector<std::int32_t> toks(static_cast<std::size_t>(B * L));
+  for (std::size_t i = 0; i < toks.size(); ++i) toks[i] = std::int32_t((i * 7 + 3) % real_model::V);
+  auto st = stack.make_state(B, 20);
+  CHECK(st.bytes() == stack.state_bytes(B, 20));
+  CHECK(st.bytes_by_kind().count("attention") == 1);
+  std::vector<float> all(static_cast<std::size_t>(B * L * real_model::V)), last(static_cast<std::size_t>(B * real_model::V));
+  stack.prefill(tensor_view<const std::int32_t, 2>(toks.data(), {B, L}), st,
+                tensor_view<float, 2>(last.data(), {B, real_model::V}), nullptr,
+                tensor_view<float, 3>(all.data(), {B, L, real_model::V}));
+  auto st2 = stack.make_state(B, 20);
+  std::vector<float> lg(last.size());
+  std::vector<std::int32_t> one(static_cast<std::size_t>(B));
+  stack_timings tm;
+  for (index_t t = 0; t < L; ++t) {
+    for (index_t b = 0; b < B; ++b) one[std::size_t(b)] = toks[std::size_t(b * L + t)];
+    stack.step(tensor_view<const std::int32_t, 1>(one.data(), {B}), st2, tensor_view<float, 2>(lg.data(), {B, real_model::V}), &tm);
+    for (index_t b = 0; b < B; ++b)
+      TOKMIX_REQUIRE_CLOSE(lg.data() + b * real_model::V, all.data() + (b * L + t) * real_model::V,
+                           std::size_t(real_model::V), 1e-4, 1e-4);
+  }
+  CHECK(tm.seconds.count("attention") == 1);
+  CHECK(tm.seconds.count("mlp") == 1);
+  CHECK(tm.seconds.count("moe") == 1);
+  // Chained prefills.
+  auto st3 = stack.make_state(B, 20);
+  std::vector<std::int32_t> a(static_cast<std::size_t>(B * 6)), z(static_cast<std::size_t>(B * (L - 6)));
+  for (index_t b = 0; b < B; ++b) {
+    std::copy(toks.begin() + b * L, toks.begin() + b * L + 6, a.begin() + b * 6);
+    std::copy(toks.begin() + b * L + 6, toks.begin() + (b + 1) * L, z.begin() + b * (L - 6));
+  }
+  stack.prefill(tensor_view<const std::int32_t, 2>(a.data(), {B, 6}), st3, {});
+  stack.prefill(tensor_view<const std::int32_t, 2>(z.data(), {B, L - 6}), st3, tensor_view<float, 2>(lg.data(), {B, real_model::V}));
+  TOKMIX_REQUIRE_CLOSE(lg.data(), last.data(), last.size(), 1e-4, 1e-4);
+  // Save -> load: the same logits.
+  named_tensors t;
+  stack.save(t);
+  const hybrid_stack back(c, parse_stack_pattern(pattern, rm.loaded(t, stack)), t);
+  auto st4 = back.make_state(B, 20);
+  back.prefill(tensor_view<const std::int32_t, 2>(toks.data(), {B, L}), st4, tensor_view<float, 2>(lg.data(), {B, real_model::V}));
+  CHECK(lg == last);
+  // A stack whose weights lack one mixer tensor names it.
+  named_tensors partial;
+  for (const auto& n : t.names())
+    if (n != "layers.4.mixer.up_proj.weight") partial.insert(n, t.at(n).shape, t.at(n).data);
+  try {
+    hybrid_stack x(c, parse_stack_pattern(pattern, rm.loaded(partial, stack)), partial);
+    FAIL("missing tensor accepted");
+  } catch (const argument_error& e) {
+    CHECK(std::string(e.what()).find("layers.4.mixer.up_proj.weight") != std::string::npos);
+  }
+}
