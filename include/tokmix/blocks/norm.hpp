@@ -40,6 +40,7 @@
 #include "tokmix/core/random.hpp"
 #include "tokmix/core/tensor_view.hpp"
 #include "tokmix/core/threading.hpp"
+#include "tokmix/simd/activation.hpp"
 #include "tokmix/simd/norm.hpp"
 #include "tokmix/simd/reduce.hpp"
 
@@ -370,9 +371,9 @@ void gated_rms_norm(const X& x_in, const Z& z_in, const rms_norm_weights& w, Y&&
     for (index_t o = 0; o < d; o += gs) {
       if (opt.norm_before_gate) {
         detail::rms_norm_row(arch, xp + o, g + o, w.eps, yp + o, gs);
-        simd::detail::silu_mul_kernel(arch, yp + o, zp + o, yp + o, gs);
+        simd::detail::gated_activation_kernel<simd::activation_kind::silu>(arch, zp + o, yp + o, yp + o, gs);
       } else {
-        simd::detail::silu_mul_kernel(arch, xp + o, zp + o, yp + o, gs);
+        simd::detail::gated_activation_kernel<simd::activation_kind::silu>(arch, zp + o, xp + o, yp + o, gs);
         detail::rms_norm_row(arch, yp + o, g + o, w.eps, yp + o, gs);
       }
     }

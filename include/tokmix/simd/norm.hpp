@@ -109,22 +109,7 @@ inline void center_scale_kernel(Arch, const float* x, float shift, float s, cons
   }
 }
 
-// y = x * silu(z).
-template <class Arch>
-inline void silu_mul_kernel(Arch, const float* x, const float* z, float* y, index_t n) noexcept {
-  using fb = fbatch<Arch>;
-  constexpr index_t w = lanes<Arch>;
-  index_t i = 0;
-  for (; i + w <= n; i += w)
-    (fb::load_unaligned(x + i) * silu_batch<Arch>(fb::load_unaligned(z + i))).store_unaligned(y + i);
-  if (i < n) {
-    const index_t m = n - i;
-    store_partial<Arch>(y + i, load_partial<Arch>(x + i, m, 0.f) * silu_batch<Arch>(load_partial<Arch>(z + i, m, 0.f)),
-                        m);
-  }
-}
-
-inline void require_binary(const float* x, const float* r, const float* h, index_t n) {
+inline void require_add_args(const float* x, const float* r, const float* h, index_t n) {
   require_length("n", n);
   require_data("x", x, n);
   require_data("r", r, n);
@@ -149,13 +134,13 @@ inline float centered_sum_squares(const float* x, float mean, index_t n) {
 
 // h[i] = x[i] + r[i]; returns sum_i h[i]. h may be x or r (in place).
 inline float add_sum(const float* x, const float* r, float* h, index_t n) {
-  detail::require_binary(x, r, h, n);
+  detail::require_add_args(x, r, h, n);
   return detail::add_and_sum_kernel<false>(default_arch{}, x, r, h, n);
 }
 
 // h[i] = x[i] + r[i]; returns sum_i h[i]^2. h may be x or r (in place).
 inline float add_sum_squares(const float* x, const float* r, float* h, index_t n) {
-  detail::require_binary(x, r, h, n);
+  detail::require_add_args(x, r, h, n);
   return detail::add_and_sum_kernel<true>(default_arch{}, x, r, h, n);
 }
 
@@ -166,12 +151,6 @@ inline void center_scale(const float* x, float shift, float s, const float* g, c
   detail::require_data("x", x, n);
   detail::require_data("y", y, n);
   detail::center_scale_kernel(default_arch{}, x, shift, s, g, b, y, n);
-}
-
-// y[i] = x[i] * silu(z[i]) (the swish gate). y may be x or z.
-inline void silu_mul(const float* x, const float* z, float* y, index_t n) {
-  detail::require_binary(x, z, y, n);
-  detail::silu_mul_kernel(default_arch{}, x, z, y, n);
 }
 
 }  // namespace simd
