@@ -4,3 +4,4 @@
 #include "tokmix/blocks/norm.hpp"
 #include "tokmix/blocks/mixer_layer.hpp"
 #include "tokmix/blocks/attention_layer.hpp"
+#include "tokmix/blocks/mamba_layer.hpp"
