@@ -5,3 +5,4 @@
 #include "tokmix/blocks/mixer_layer.hpp"
 #include "tokmix/blocks/attention_layer.hpp"
 #include "tokmix/blocks/mamba_layer.hpp"
+#include "tokmix/blocks/mamba2_layer.hpp"
