@@ -6,3 +6,4 @@
 #include "tokmix/blocks/attention_layer.hpp"
 #include "tokmix/blocks/mamba_layer.hpp"
 #include "tokmix/blocks/mamba2_layer.hpp"
+#include "tokmix/blocks/gla_layer.hpp"
