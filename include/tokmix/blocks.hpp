@@ -7,3 +7,4 @@
 #include "tokmix/blocks/mamba_layer.hpp"
 #include "tokmix/blocks/mamba2_layer.hpp"
 #include "tokmix/blocks/gla_layer.hpp"
+#include "tokmix/blocks/deltanet_layer.hpp"
