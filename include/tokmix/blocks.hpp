@@ -8,3 +8,4 @@
 #include "tokmix/blocks/mamba2_layer.hpp"
 #include "tokmix/blocks/gla_layer.hpp"
 #include "tokmix/blocks/deltanet_layer.hpp"
+#include "tokmix/blocks/retention_layer.hpp"
