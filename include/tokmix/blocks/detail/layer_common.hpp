@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tokmix/blocks/linear.hpp"
@@ -28,12 +29,32 @@ namespace detail {
 
 // ---- arguments ------------------------------------------------------------
 
+// The address range a view spans (conservatively, first to last element).
+template <class T, int R>
+inline std::pair<const char*, const char*> layer_span(const tensor_view<T, R>& v) {
+  if (v.size() == 0) return {nullptr, nullptr};
+  index_t last = 0;
+  for (int i = 0; i < R; ++i) last += (v.dim(i) - 1) * v.stride(i);
+  const char* b = reinterpret_cast<const char*>(v.data());
+  return {b, b + (last + 1) * static_cast<index_t>(sizeof(T))};
+}
+
+// y is written while x is still read (projections, then the mixer): the two
+// must not share memory. Interleaved views whose spans cross are refused too.
+template <int R>
+inline void layer_require_disjoint(const tensor_view<const float, R>& x, const tensor_view<float, R>& y) {
+  const auto a = layer_span(x), b = layer_span(y);
+  if (a.first != nullptr && b.first != nullptr && a.first < b.second && b.first < a.second)
+    throw argument_error("y", "memory not overlapping x", "an overlapping view");
+}
+
 inline void layer_check_prefill(const tensor_view<const float, 3>& x, const tensor_view<float, 3>& y, index_t d_model,
                                 index_t batch) {
   require_layout("x", x);
   require_layout("y", y);
   require_shape("x", x, {batch, -1, d_model});
   require_shape<float, 3>("y", y, x.dims());
+  layer_require_disjoint(x, y);
 }
 
 inline void layer_check_step(const tensor_view<const float, 2>& x, const tensor_view<float, 2>& y, index_t d_model,
@@ -42,6 +63,7 @@ inline void layer_check_step(const tensor_view<const float, 2>& x, const tensor_
   require_layout("y", y);
   require_shape("x", x, {batch, d_model});
   require_shape<float, 2>("y", y, x.dims());
+  layer_require_disjoint(x, y);
 }
 
 inline void layer_require_finite(const std::string& name, const float* p, index_t n) {
