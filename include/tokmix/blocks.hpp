@@ -3,3 +3,4 @@
 #include "tokmix/blocks/linear.hpp"
 #include "tokmix/blocks/mlp.hpp"
 #include "tokmix/blocks/moe.hpp"
+#include "tokmix/blocks/pooling.hpp"
