@@ -4,3 +4,4 @@
 #include "tokmix/blocks/mlp.hpp"
 #include "tokmix/blocks/moe.hpp"
 #include "tokmix/blocks/pooling.hpp"
+#include "tokmix/blocks/hopfield.hpp"
