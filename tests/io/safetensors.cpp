@@ -282,6 +282,8 @@ TEST_CASE("safetensors: corrupted files throw argument_error naming file and ten
   // A missing file.
   const auto e = error_of([&] { safetensors_read(temp_file("does_not_exist.safetensors")); });
   CHECK(std::string(e.what()).find("cannot open") != std::string::npos);
+  // A directory is not a file.
+  CHECK_THROWS_AS(safetensors_read(temp_dir().string()), argument_error);
 }
 
 TEST_CASE("safetensors: random mutations only ever throw argument_error", "[io][safetensors]") {
