@@ -255,6 +255,7 @@ inline bool safetensors_host_little_endian() {
 
 // n little-endian elements of `dtype` at src -> fp32. src may be unaligned.
 inline void safetensors_decode(const std::string& dtype, const unsigned char* src, std::size_t n, float* dst) {
+  if (n == 0) return;  // dst may be null (an empty vector's data())
   const bool le = safetensors_host_little_endian();
   if (dtype == "F32") {
     std::memcpy(dst, src, n * 4);
@@ -451,6 +452,7 @@ inline std::vector<unsigned char> safetensors_serialize(const named_tensors& t,
   std::vector<std::uint16_t> half;
   for (const auto& name : names) {
     const auto& v = t.at(name).data;
+    if (v.empty()) continue;  // data() may be null
     if (dtype == safetensors_dtype::f32) {
       std::memcpy(data, v.data(), v.size() * 4);
       if (!le)
