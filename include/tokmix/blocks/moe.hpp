@@ -260,6 +260,7 @@ inline void moe_forward(const moe_weights& w, tensor_view<const float, 2> x, ten
                       scratch_frame::bytes_for<index_t>(static_cast<std::size_t>(E + 1)) * 2 +
                       scratch_frame::bytes_for<index_t>(static_cast<std::size_t>(E + (rows + blk - 1) / blk * k)) * 2 +
                       scratch_frame::bytes_for<float>(n_sel * static_cast<std::size_t>(d)) +
+                      scratch_frame::bytes_for<detail::mlp_scratch>(static_cast<std::size_t>(workers)) +
                       detail::mlp_scratch_bytes(c.expert, blk) * static_cast<std::size_t>(workers));
   float* logits = frame.alloc<float>(static_cast<std::size_t>(rows * E));
   float* prob = frame.alloc<float>(static_cast<std::size_t>(rows * E));
@@ -274,9 +275,8 @@ inline void moe_forward(const moe_weights& w, tensor_view<const float, 2> x, ten
   index_t* item_expert = frame.alloc<index_t>(max_items);
   index_t* item_begin = frame.alloc<index_t>(max_items);
   float* grouped = frame.alloc<float>(n_sel * static_cast<std::size_t>(d));  // [rows * k, d]
-  std::vector<detail::mlp_scratch> hidden;  // small: one pair of pointers per worker
-  hidden.reserve(static_cast<std::size_t>(workers));
-  for (int i = 0; i < workers; ++i) hidden.push_back(detail::mlp_scratch_alloc(frame, c.expert, blk));
+  detail::mlp_scratch* hidden = frame.alloc<detail::mlp_scratch>(static_cast<std::size_t>(workers));
+  for (int i = 0; i < workers; ++i) hidden[i] = detail::mlp_scratch_alloc(frame, c.expert, blk);
 
   // Router and top-k, by fixed blocks of rows.
   const index_t n_row_blocks = (rows + blk - 1) / blk;
@@ -322,7 +322,7 @@ inline void moe_forward(const moe_weights& w, tensor_view<const float, 2> x, ten
     const index_t n = std::min(blk, start[e + 1] - g0);
     const tensor_view<float, 2> rows_e(grouped + g0 * d, {n, d});
     detail::mlp_run(w.experts[static_cast<std::size_t>(e)], rows_e, rows_e, inner,
-                    hidden[static_cast<std::size_t>(worker)]);
+                    hidden[worker]);
   };
   if (n_items >= workers || workers == 1)
     parallel_for(p.policy, n_items, [&](index_t item, int worker) { run_item(item, worker, exec_policy::serial()); });
