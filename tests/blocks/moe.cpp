@@ -178,7 +178,7 @@ TEST_CASE("moe: one expert takes every token over several blocks; in place; scra
   auto w = moe_weights::random(c, 21);
   w.router.bias.setZero();
   w.router.bias[4] = 50.f;  // expert 4 wins every token
-  const index_t rows = 2 * detail::moe_rows_per_item + 45;
+  const index_t rows = 2 * detail::moe_expert_rows + 45;
   const auto x = tokmix_test::random_floats(static_cast<std::size_t>(rows * 10), 6, -1.f, 1.f);
   check_against_ref(w, x, rows);
   const auto ref = run_moe(w, x, rows, exec_policy::threads(2));

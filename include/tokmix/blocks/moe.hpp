@@ -10,7 +10,9 @@
 //
 // Experts are gated or plain MLPs (blocks/mlp.hpp). Tokens are grouped by
 // expert (a stable counting sort, so each expert sees its tokens in row
-// order) and each expert runs one matrix product per block of its tokens;
+// order) and each expert runs one matrix product per block of its tokens
+// (all of them up to 512, else near-equal blocks of at most 512: a small
+// leftover block would stream the expert's weights once more for few rows);
 // threads take (expert, block) items, largest experts first. The router
 // logits and the choices (ids, weights) can be returned for auxiliary
 // load-balancing losses. Token dropping by expert capacity (Switch training)
@@ -179,9 +181,11 @@ struct moe_weights {
 
 namespace detail {
 
-// Rows per router / combine item and per expert item: fixed, so neither the
-// routing nor any expert's product depends on the thread count.
+// Rows per router / combine item, and the largest block of one expert's
+// tokens per expert item. Blocks depend on the token counts alone, so
+// neither the routing nor any expert's product depends on the thread count.
 constexpr index_t moe_rows_per_item = 128;
+constexpr index_t moe_expert_rows = mlp_row_chunk;
 
 inline void check_moe_args(const moe_weights& w, const tensor_view<const float, 2>& x, const tensor_view<float, 2>& y,
                            const moe_params& p) {
@@ -242,7 +246,7 @@ inline void moe_route_row(const float* logits, float* prob, index_t n, index_t k
 // hidden layers) comes from the calling thread's arena, sized by rows alone,
 // so repeated calls of one size allocate nothing whatever the routing.
 // The routing is bit-identical for every thread count, and so is y whenever
-// the (expert, 128-token block) items are at least as many as the workers
+// the (expert, token block) items are at least as many as the workers
 // (otherwise each item's MLP is itself split across the workers).
 inline void moe_forward(const moe_weights& w, tensor_view<const float, 2> x, tensor_view<float, 2> y,
                         const moe_params& p = {}) {
@@ -250,18 +254,20 @@ inline void moe_forward(const moe_weights& w, tensor_view<const float, 2> x, ten
   const moe_config& c = w.config;
   const index_t rows = x.dim(0), d = c.d_model(), E = c.n_experts, k = c.top_k;
   if (rows == 0) return;
-  const index_t blk = detail::moe_rows_per_item;
+  const index_t blk = detail::moe_rows_per_item, eblk = detail::moe_expert_rows;
   const int workers = worker_slots(p.policy);
   const auto n_sel = static_cast<std::size_t>(rows * k);
+  // Expert blocks: ceil(n_e / eblk) per expert with tokens, so at most E + rows * k / eblk of them.
+  const auto max_items = static_cast<std::size_t>(E + (rows * k) / eblk);
 
   scratch_frame frame(scratch_frame::bytes_for<float>(static_cast<std::size_t>(rows * E)) * 2 +
                       scratch_frame::bytes_for<std::int32_t>(n_sel) + scratch_frame::bytes_for<float>(n_sel) +
                       scratch_frame::bytes_for<index_t>(n_sel) * 2 +
                       scratch_frame::bytes_for<index_t>(static_cast<std::size_t>(E + 1)) * 2 +
-                      scratch_frame::bytes_for<index_t>(static_cast<std::size_t>(E + (rows + blk - 1) / blk * k)) * 2 +
+                      scratch_frame::bytes_for<index_t>(max_items) * 3 +
                       scratch_frame::bytes_for<float>(n_sel * static_cast<std::size_t>(d)) +
                       scratch_frame::bytes_for<detail::mlp_scratch>(static_cast<std::size_t>(workers)) +
-                      detail::mlp_scratch_bytes(c.expert, blk) * static_cast<std::size_t>(workers));
+                      detail::mlp_scratch_bytes(c.expert, std::min(rows, eblk)) * static_cast<std::size_t>(workers));
   float* logits = frame.alloc<float>(static_cast<std::size_t>(rows * E));
   float* prob = frame.alloc<float>(static_cast<std::size_t>(rows * E));
   std::int32_t* sel = frame.alloc<std::int32_t>(n_sel);
@@ -270,13 +276,12 @@ inline void moe_forward(const moe_weights& w, tensor_view<const float, 2> x, ten
   index_t* order = frame.alloc<index_t>(n_sel);  // grouped row -> token row
   index_t* start = frame.alloc<index_t>(static_cast<std::size_t>(E + 1));
   index_t* cursor = frame.alloc<index_t>(static_cast<std::size_t>(E + 1));
-  // At most E + ceil(rows / blk) * k items: each expert's last block may be partial.
-  const auto max_items = static_cast<std::size_t>(E + (rows + blk - 1) / blk * k);
   index_t* item_expert = frame.alloc<index_t>(max_items);
   index_t* item_begin = frame.alloc<index_t>(max_items);
+  index_t* item_end = frame.alloc<index_t>(max_items);
   float* grouped = frame.alloc<float>(n_sel * static_cast<std::size_t>(d));  // [rows * k, d]
   detail::mlp_scratch* hidden = frame.alloc<detail::mlp_scratch>(static_cast<std::size_t>(workers));
-  for (int i = 0; i < workers; ++i) hidden[i] = detail::mlp_scratch_alloc(frame, c.expert, blk);
+  for (int i = 0; i < workers; ++i) hidden[i] = detail::mlp_scratch_alloc(frame, c.expert, std::min(rows, eblk));
 
   // Router and top-k, by fixed blocks of rows.
   const index_t n_row_blocks = (rows + blk - 1) / blk;
@@ -311,15 +316,17 @@ inline void moe_forward(const moe_weights& w, tensor_view<const float, 2> x, ten
                    [&](index_t a, index_t b) { return start[a + 1] - start[a] > start[b + 1] - start[b]; });
   index_t n_items = 0;
   for (index_t i = 0; i < E; ++i) {
-    const index_t e = by_size[i];
-    for (index_t g = start[e]; g < start[e + 1]; g += blk) {
+    const index_t e = by_size[i], n_e = start[e + 1] - start[e];
+    const index_t parts = (n_e + eblk - 1) / eblk;
+    for (index_t j = 0; j < parts; ++j) {
       item_expert[n_items] = e;
-      item_begin[n_items++] = g;
+      item_begin[n_items] = start[e] + j * n_e / parts;
+      item_end[n_items++] = start[e] + (j + 1) * n_e / parts;
     }
   }
   auto run_item = [&](index_t item, int worker, const exec_policy& inner) {
     const index_t e = item_expert[item], g0 = item_begin[item];
-    const index_t n = std::min(blk, start[e + 1] - g0);
+    const index_t n = item_end[item] - g0;
     const tensor_view<float, 2> rows_e(grouped + g0 * d, {n, d});
     detail::mlp_run(w.experts[static_cast<std::size_t>(e)], rows_e, rows_e, inner,
                     hidden[worker]);
