@@ -128,13 +128,21 @@ int main(int argc, char** argv) {
   std::fprintf(csv, "mixer,seq_len,prefill_ms,prefill_tokens_per_s,step_ms,state_bytes\n");
   std::printf("%-22s %8s %12s %14s %10s %12s\n", "mixer", "L", "prefill ms", "tokens/s", "step ms", "state MB");
   const index_t d = o.d_model;
+  struct row {
+    std::size_t family;
+    index_t L;
+    double prefill_ms;
+    std::size_t bytes;
+  };
+  std::vector<row> rows;
   std::vector<float> x, y, xt(static_cast<std::size_t>(d)), yt(static_cast<std::size_t>(d));
   for (index_t L = o.min_len; L <= o.max_len; L *= 2) {
     x.resize(static_cast<std::size_t>(L * d));
     y.resize(x.size());
     tokmix::random_stream g(static_cast<std::uint64_t>(L));
     for (auto& v : x) v = static_cast<float>(g.uniform(-1, 1));
-    for (const auto& f : fams) {
+    for (std::size_t fi = 0; fi < fams.size(); ++fi) {
+      const family& f = fams[fi];
       // Medians (the machine may be shared): three prefills from a fresh
       // state, then nine steps at context L.
       const int reps = 3, steps = 9;
@@ -153,6 +161,7 @@ int main(int argc, char** argv) {
                         tokmix::tensor_view<float, 2>(yt.data(), {1, d}), *st);
         }));
       const double tp = median(tps), ts = median(tss);
+      rows.push_back({fi, L, 1e3 * tp, st->bytes()});
       std::fprintf(csv, "%s,%td,%.4f,%.1f,%.4f,%zu\n", f.name.c_str(), L, 1e3 * tp, double(L) / tp, 1e3 * ts, st->bytes());
       std::printf("%-22s %8td %12.2f %14.0f %10.3f %12.3f\n", f.name.c_str(), L, 1e3 * tp, double(L) / tp, 1e3 * ts,
                   1e-6 * double(st->bytes()));
@@ -170,13 +179,20 @@ int main(int argc, char** argv) {
   const std::string png = o.out + "/long_context.png";
   std::FILE* gp = popen("gnuplot", "w");
   if (!gp) return 0;
-  std::fprintf(gp, "set terminal pngcairo size 1400,560 noenhanced\nset output '%s'\nset datafile separator ','\n", png.c_str());
+  std::fprintf(gp, "set terminal pngcairo size 1400,560 noenhanced\nset output '%s'\n", png.c_str());
+  // One inline data block per mixer, so each draws as a line.
+  for (std::size_t fi = 0; fi < fams.size(); ++fi) {
+    std::fprintf(gp, "$d%zu << EOD\n", fi);
+    for (const auto& r : rows)
+      if (r.family == fi) std::fprintf(gp, "%td %.6g %zu\n", r.L, r.prefill_ms, r.bytes);
+    std::fprintf(gp, "EOD\n");
+  }
   std::fprintf(gp, "set multiplot layout 1,2\nset logscale xy\nset grid\nset key left top\nset xlabel 'sequence length L'\n");
   std::string plot_time = "set ylabel 'prefill time (ms)'\nplot ", plot_mem = "set ylabel 'decode state (bytes)'\nplot ";
   for (std::size_t i = 0; i < fams.size(); ++i) {
-    const std::string sel = "(strcol(1) eq '" + fams[i].name + "' ? $2 : 1/0)";
-    plot_time += (i ? ", " : "") + std::string("'") + csv_path + "' every ::1 using " + sel + ":3 with linespoints title '" + fams[i].name + "'";
-    plot_mem += (i ? ", " : "") + std::string("'") + csv_path + "' every ::1 using " + sel + ":6 with linespoints title '" + fams[i].name + "'";
+    const std::string src = (i ? ", " : "") + std::string("$d") + std::to_string(i);
+    plot_time += src + " using 1:2 with linespoints title '" + fams[i].name + "'";
+    plot_mem += src + " using 1:3 with linespoints title '" + fams[i].name + "'";
   }
   std::fprintf(gp, "%s\n%s\nunset multiplot\n", plot_time.c_str(), plot_mem.c_str());
   const int rc = pclose(gp);
