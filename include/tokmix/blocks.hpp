@@ -1,3 +1,17 @@
 #pragma once
 // Block pieces and layers that compose mixers into models (see docs/architecture.md).
 #include "tokmix/blocks/linear.hpp"
+#include "tokmix/blocks/norm.hpp"
+#include "tokmix/blocks/mlp.hpp"
+#include "tokmix/blocks/moe.hpp"
+#include "tokmix/blocks/pooling.hpp"
+#include "tokmix/blocks/hopfield.hpp"
+#include "tokmix/blocks/mixer_layer.hpp"
+#include "tokmix/blocks/attention_layer.hpp"
+#include "tokmix/blocks/mamba_layer.hpp"
+#include "tokmix/blocks/mamba2_layer.hpp"
+#include "tokmix/blocks/gla_layer.hpp"
+#include "tokmix/blocks/deltanet_layer.hpp"
+#include "tokmix/blocks/retention_layer.hpp"
+#include "tokmix/blocks/ffn_layer.hpp"
+#include "tokmix/blocks/hybrid_stack.hpp"

@@ -9,3 +9,4 @@
 #include "tokmix/simd/convert.hpp"
 #include "tokmix/simd/gemm.hpp"
 #include "tokmix/simd/fft.hpp"
+#include "tokmix/simd/norm.hpp"

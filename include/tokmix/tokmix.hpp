@@ -8,3 +8,4 @@
 #include "tokmix/linear.hpp"
 #include "tokmix/ssm.hpp"
 #include "tokmix/blocks.hpp"
+#include "tokmix/io.hpp"

@@ -120,3 +120,23 @@ TEST_CASE("each thread has its own arena", "[core][scratch]") {
   std::thread([&] { other_arena = &tokmix::scratch_arena::local(); }).join();
   CHECK(main_arena != other_arena);
 }
+
+TEST_CASE("the outer arena holds a caller's buffers while kernels grow local() freely", "[core][scratch]") {
+  std::thread([] {
+    auto& outer = tokmix::scratch_arena::outer();
+    auto& local = tokmix::scratch_arena::local();
+    CHECK(&outer != &local);
+    tokmix::scratch_frame held(outer, 4096);
+    float* a = held.alloc<float>(1024);
+    a[1023] = 1.f;
+    {
+      // local() is empty, so this frame is outermost there and may grow it.
+      tokmix::scratch_frame kernel(std::size_t(1) << 20);
+      kernel.alloc<char>(std::size_t(1) << 20);
+      CHECK(local.growth_count() == 1);
+    }
+    CHECK(outer.in_use() >= 4096);
+    CHECK(local.in_use() == 0);
+    CHECK(a[1023] == 1.f);
+  }).join();
+}

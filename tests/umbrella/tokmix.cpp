@@ -23,4 +23,7 @@ TEST_CASE("umbrella header exposes every family", "[umbrella]") {
   CHECK(sizeof(tokmix::aft_state) > 0);
   CHECK(sizeof(tokmix::linear_weights) > 0);
   CHECK(sizeof(tokmix::named_tensors) > 0);
+  CHECK(sizeof(tokmix::hybrid_stack_config) > 0);
+  CHECK(sizeof(tokmix::mamba2_layer_config) > 0);
+  CHECK(sizeof(tokmix::mlp_config) > 0);
 }

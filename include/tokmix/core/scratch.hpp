@@ -21,6 +21,15 @@ class scratch_arena {
     return arena;
   }
 
+  // A second arena per thread, for callers that keep buffers live while they
+  // call kernels taking their own scratch from local() (the layers in blocks/
+  // hold their projections here). Frames on different arenas never nest, so a
+  // caller need not know how much scratch the kernels below it will ask for.
+  static scratch_arena& outer() {
+    thread_local scratch_arena arena;
+    return arena;
+  }
+
   std::size_t capacity() const { return capacity_; }
   std::size_t in_use() const { return top_; }
   // How many times this thread's arena had to grow (tests use it to prove decode allocates nothing).
@@ -56,11 +65,13 @@ class scratch_arena {
   std::size_t growths_ = 0;
 };
 
-// RAII frame on the calling thread's arena. The outermost frame reserves the
+// RAII frame on one of the calling thread's arenas (local() unless given). The outermost frame reserves the
 // total; nested frames must fit in what the outer one reserved.
 class scratch_frame {
  public:
-  explicit scratch_frame(std::size_t reserve_bytes) : arena_(scratch_arena::local()), start_(arena_.top_) {
+  explicit scratch_frame(std::size_t reserve_bytes) : scratch_frame(scratch_arena::local(), reserve_bytes) {}
+  // A frame on a given arena of the calling thread (scratch_arena::outer()).
+  scratch_frame(scratch_arena& arena, std::size_t reserve_bytes) : arena_(arena), start_(arena_.top_) {
     const std::size_t need = start_ + scratch_arena::round_up(reserve_bytes) + scratch_arena::alignment;
     if (start_ == 0) arena_.ensure(need);
     else if (need > arena_.capacity_) throw std::bad_alloc();
