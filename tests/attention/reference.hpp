@@ -1,5 +1,5 @@
 #pragma once
-// Float64 softmax attention written straight from ../shared/MIXERS.md, one
+// Float64 softmax attention written straight from docs/semantics.md, one
 // score at a time, for every option of attention_params. It shares no code
 // with the kernels (not even mask.hpp), so a test comparing the two checks the
 // semantics, not just the tiling. Slow on purpose: O(Lq * Lk * D) per head.

@@ -1,7 +1,7 @@
 #pragma once
 // Float64 references for linear attention with feature maps, kernelized
 // attention with relative positions and Galerkin/Fourier attention, written
-// from ../shared/MIXERS.md in the quadratic (masked weight matrix) form. They
+// from docs/semantics.md in the quadratic (masked weight matrix) form. They
 // share nothing with the kernels: feature maps use the full vec(y y^T) layout
 // (not the kernels' packed triangle), no chunking, no stabilising shifts.
 

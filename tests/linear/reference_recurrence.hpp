@@ -1,6 +1,6 @@
 #pragma once
 // float64 references for GLA, retention and the (gated) delta rule, written
-// straight from the recurrences of ../shared/MIXERS.md token by token (plus
+// straight from the recurrences of docs/semantics.md token by token (plus
 // retention's quadratic masked form), and one driver that runs a tokmix mode
 // (chunked, token loop, step by step) on the same problem through NaN-padded
 // buffers, so the three test files check every mode the same way.
