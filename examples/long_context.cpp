@@ -12,6 +12,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <system_error>
 #include <functional>
 #include <memory>
 #include <string>
@@ -119,10 +121,12 @@ double seconds(const std::function<void()>& f) {
 int main(int argc, char** argv) {
   const options o = parse(argc, argv);
   const auto fams = families(o);
+  std::error_code ec;
+  std::filesystem::create_directories(o.out, ec);  // a failure shows up when the CSV is opened
   const std::string csv_path = o.out + "/long_context.csv";
   std::FILE* csv = std::fopen(csv_path.c_str(), "w");
   if (!csv) {
-    std::fprintf(stderr, "long_context: cannot write %s (does --out exist?)\n", csv_path.c_str());
+    std::fprintf(stderr, "long_context: cannot write %s\n", csv_path.c_str());
     return 1;
   }
   std::fprintf(csv, "mixer,seq_len,prefill_ms,prefill_tokens_per_s,step_ms,state_bytes\n");
