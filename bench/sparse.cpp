@@ -1,0 +1,118 @@
+// The sparse attention family against tokmix's dense flash attention in the
+// same run (the kernel it is built on): block-sparse at ~10% visible blocks,
+// routing attention's growth with L, top-k and the other mixers' cost.
+//
+// FLOPs: the two matrix products on the (query, key) pairs actually attended,
+// 4 * D per pair (so a block-sparse GFLOPS is comparable with the dense one);
+// routing adds its clustering products (2 * D per token and centroid); top-k
+// counts the dense score product (2 * D per pair) plus 2 * D * k per query.
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common.hpp"
+#include "tokmix/attention/flash_attention.hpp"
+#include "tokmix/sparse.hpp"
+
+namespace {
+
+using tokmix::index_t;
+
+std::vector<float> uniform(std::size_t n, unsigned seed) {
+  std::vector<float> v(n);
+  unsigned s = seed * 2654435761u + 7;
+  for (auto& x : v) {
+    s = s * 1664525u + 1013904223u;
+    x = static_cast<float>(s >> 8) / 8388608.f - 1.f;
+  }
+  return v;
+}
+
+struct data {
+  index_t L, H, D;
+  std::vector<float> q, k, v, o;
+  data(index_t l, index_t h, index_t d)
+      : L(l), H(h), D(d), q(uniform(l * h * d, 1)), k(uniform(l * h * d, 2)), v(uniform(l * h * d, 3)), o(l * h * d) {}
+  tokmix::tensor_view<const float, 4> view(const std::vector<float>& x) const { return {x.data(), {1, L, H, D}}; }
+  tokmix::tensor_view<float, 4> out() { return {o.data(), {1, L, H, D}}; }
+};
+
+tokmix::attention_params params(bool causal, int threads) {
+  tokmix::attention_params p;
+  p.causal = causal;
+  if (threads > 1) p.policy = tokmix::exec_policy::threads(threads);
+  return p;
+}
+
+// (query, key) pairs a layout shows, after the causal mask (exact, per token).
+double visible_pairs(const tokmix::block_layout& l, index_t L, bool causal) {
+  const index_t b = l.block_size();
+  double pairs = 0;
+  for (index_t h = 0; h < l.heads(); ++h)
+    for (index_t i = 0; i < l.q_blocks(); ++i)
+      for (index_t j = 0; j < l.k_blocks(); ++j) {
+        if (!l.visible(h, i, j)) continue;
+        const index_t q0 = i * b, q1 = std::min(L, q0 + b), k0 = j * b, k1 = std::min(L, k0 + b);
+        for (index_t r = q0; r < q1; ++r) {
+          const index_t hi = causal ? std::min(k1, r + 1) : k1;
+          pairs += double(std::max<index_t>(0, hi - k0));
+        }
+      }
+  return pairs;
+}
+
+void bm_dense(benchmark::State& state, index_t D, index_t L, index_t H, bool causal, int threads) {
+  data d(L, H, D);
+  const auto p = params(causal, threads);
+  for (auto _ : state) {
+    tokmix::flash_attention(d.view(d.q), d.view(d.k), d.view(d.v), d.out(), p);
+    benchmark::DoNotOptimize(d.o.data());
+  }
+  const double pairs = causal ? double(L) * double(L + 1) / 2 : double(L) * double(L);
+  tokmix_bench::set_gflops(state, 4.0 * double(H) * double(D) * pairs, threads);
+}
+
+// BigBird layout (window 3, first block global, `random` blocks per row).
+void bm_block_sparse(benchmark::State& state, index_t D, index_t L, index_t H, index_t block, index_t random,
+                     bool causal, int threads) {
+  data d(L, H, D);
+  tokmix::bigbird_layout_options o;
+  o.window_blocks = 3;
+  o.global_first = 1;
+  o.global_last = 0;
+  o.random_blocks = random;
+  o.causal = causal;
+  o.seed = 1;
+  const tokmix::block_layout l = tokmix::bigbird_layout(L, block, o);
+  const auto p = params(causal, threads);
+  for (auto _ : state) {
+    tokmix::block_sparse_attention(d.view(d.q), d.view(d.k), d.view(d.v), d.out(), l, p);
+    benchmark::DoNotOptimize(d.o.data());
+  }
+  // Share of the (query, key) pairs the dense kernel with the same causal flag computes.
+  const double pairs = visible_pairs(l, L, causal);
+  state.counters["visible_fraction"] = pairs / (causal ? double(L) * double(L + 1) / 2 : double(L) * double(L));
+  tokmix_bench::set_gflops(state, 4.0 * double(H) * double(D) * pairs, threads);
+}
+
+const bool registered = [] {
+  auto reg = [](const std::string& name, auto fn, auto... args) {
+    return tokmix_bench::defaults(benchmark::RegisterBenchmark(name.c_str(), fn, args...));
+  };
+  const index_t D = 64, L = 16384, H = 1;
+  for (int threads : {1, 2})
+    for (bool causal : {false, true}) {
+      const std::string tail = "/causal:" + std::to_string(causal ? 1 : 0) + "/threads:" + std::to_string(threads) + "/tokmix";
+      reg("block_sparse/D:64/L:16384/layout:dense" + tail, bm_dense, D, L, H, causal, threads);
+      // 10% of the blocks: 3 band + 1 global + 8 random of 128 per row (non-causal);
+      // causal keeps the same share of the lower triangle (4 random of ~64 past blocks on average).
+      reg("block_sparse/D:64/L:16384/layout:bigbird_b128_10pct" + tail, bm_block_sparse, D, L, H, index_t(128),
+          causal ? index_t(4) : index_t(8), causal, threads);
+      reg("block_sparse/D:64/L:16384/layout:bigbird_b64_10pct" + tail, bm_block_sparse, D, L, H, index_t(64),
+          causal ? index_t(11) : index_t(21), causal, threads);
+    }
+  return true;
+}();
+
+}  // namespace

@@ -1,0 +1,6 @@
+#pragma once
+// Umbrella header: the sparse and compressed attention family, exact softmax
+// over chosen key subsets on the flash attention tiles plus the compressed-KV
+// mixers (../shared/MIXERS.md, "Softmax attention" semantics).
+#include "tokmix/sparse/block_layout.hpp"
+#include "tokmix/sparse/block_sparse.hpp"
