@@ -4,3 +4,4 @@
 // mixers (../shared/MIXERS.md, "Softmax attention" semantics).
 #include "tokmix/sparse/block_layout.hpp"
 #include "tokmix/sparse/block_sparse.hpp"
+#include "tokmix/sparse/dilated.hpp"
