@@ -17,8 +17,6 @@
 
 #include <unistd.h>
 
-#include <Eigen/Dense>
-
 #include "common.hpp"
 #include "tokmix/attention/decode.hpp"
 

@@ -4,14 +4,6 @@
 // savings, and the O(tile) memory claim at L = 65536 (peak RSS growth).
 // FLOPs: 4 * B * H * Lq * Lk * D (the two products), half of that for causal;
 // for a window, 4 * H * D * (number of visible (query, key) pairs).
-// GCC 12 reports a false -W(maybe-)uninitialized (bug 105593) inside Eigen's
-// AVX-512 GEMM kernels used by the naive peer. Those templates are diagnosed
-// at the end of the translation unit, so the suppression covers this file.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -19,8 +11,6 @@
 #include <limits>
 #include <string>
 #include <vector>
-
-#include <Eigen/Dense>
 
 #include "common.hpp"
 #include "tokmix/attention/flash_attention.hpp"

@@ -30,7 +30,13 @@
 #include <unistd.h>
 
 #include <benchmark/benchmark.h>
-#include <xsimd/xsimd.hpp>
+
+// First, so Eigen and xsimd come in under tokmix's GCC 12 AVX-512 guard
+// (core/third_party.hpp); Dense for the naive peers.
+#include "tokmix/simd/arch.hpp"
+TOKMIX_SIMD_AVX512_WARNINGS_OFF
+#include <Eigen/Dense>
+TOKMIX_SIMD_AVX512_WARNINGS_ON
 
 namespace tokmix_bench {
 

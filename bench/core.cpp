@@ -5,8 +5,6 @@
 #include <memory>
 #include <string>
 
-#include <Eigen/Core>
-
 #include "common.hpp"
 
 namespace {

@@ -1,7 +1,9 @@
 // Gated / decaying linear recurrences (GLA, retention, DeltaNet, gated
 // DeltaNet): the chunked prefill (`/tokmix`) against tokmix's own SIMD token
-// loop (`/recurrent`, the form ggml runs) in the same run, at the two head
-// shapes of the issue and L = 512, 4096, 65536; plus per-token step latency.
+// loop (`/recurrent`) and a naive Eigen token loop (`/naive`: the recurrence
+// written with Eigen expressions per token and head, as ggml's CPU ops run
+// it) in the same run, at the two head shapes of the issue and L = 512, 4096,
+// 65536; plus per-token step latency.
 //
 // FLOPs counted (per head, d_k = d_v = d, chunk C = 64 dividing L, the products
 // the chunked kernels run, full C x C tiles although half is masked):
@@ -147,6 +149,44 @@ void bm_step(benchmark::State& state, mixer m, index_t heads, index_t d) {
   tokmix_bench::set_gflops(state, token_loop_flops(m, 1, heads, d), 1);
 }
 
+// The recurrence token by token with Eigen expressions, per head:
+//   S = diag(alpha) S (GLA per key channel; retention, gated delta: scalar),
+//   delta rule: S -= beta k (k^T S); then S += (beta) k v^T; o = S^T (scale q).
+void bm_naive(benchmark::State& state, mixer m, index_t heads, index_t d, index_t seq) {
+  data s(m, seq, heads, d);
+  using mat = Eigen::MatrixXf;
+  using vec = Eigen::VectorXf;
+  using cmap = Eigen::Map<const vec>;
+  std::vector<mat> S(static_cast<std::size_t>(heads), mat::Zero(d, d));
+  const float scale = 1.f / std::sqrt(float(d));
+  vec kS(d);
+  for (auto _ : state) {
+    for (index_t t = 0; t < seq; ++t)
+      for (index_t h = 0; h < heads; ++h) {
+        const std::size_t row = std::size_t((t * heads + h) * d), tok = std::size_t(t * heads + h);
+        const cmap q(s.x.data() + row, d), k(s.x.data() + row, d), v(s.x.data() + row, d);
+        mat& Sh = S[std::size_t(h)];
+        switch (m) {
+          case mixer::gla: Sh = cmap(s.g.data() + row, d).array().exp().matrix().asDiagonal() * Sh; break;
+          case mixer::retention: Sh *= 1.f - std::ldexp(1.f, -5 - int(h)); break;
+          case mixer::gated_delta: Sh *= std::exp(s.g[tok]); break;
+          case mixer::delta: break;
+        }
+        if (m == mixer::delta || m == mixer::gated_delta) {
+          const float beta = s.beta[tok];
+          kS.noalias() = Sh.transpose() * k;
+          Sh.noalias() += (beta * k) * (v - kS).transpose();
+        } else {
+          Sh.noalias() += k * v.transpose();
+        }
+        Eigen::Map<vec>(s.o.data() + row, d).noalias() = Sh.transpose() * (scale * q);
+      }
+    benchmark::DoNotOptimize(s.o.data());
+    benchmark::ClobberMemory();
+  }
+  tokmix_bench::set_gflops(state, token_loop_flops(m, seq, heads, d), 1);
+}
+
 const bool registered = [] {
   const index_t shapes[][2] = {{12, 64}, {16, 128}};
   for (mixer m : {mixer::gla, mixer::retention, mixer::delta, mixer::gated_delta}) {
@@ -162,6 +202,8 @@ const bool registered = [] {
                 (name + (chunked ? "/tokmix" : "/recurrent")).c_str(), bm_prefill, m, heads, d, L, threads, chunked));
             if (L == 65536) b->Iterations(1);
           }
+          if (threads == 1 && L <= 4096)
+            tokmix_bench::defaults(benchmark::RegisterBenchmark((name + "/naive").c_str(), bm_naive, m, heads, d, L));
         }
       }
       tokmix_bench::defaults(benchmark::RegisterBenchmark(

@@ -1,15 +1,18 @@
 // Long convolutions, diagonal LTI SSMs and AFT at long L (batch 1, one thread):
-//   long_conv  d = 256, filter as long as the sequence, FFT path (`/tokmix`)
-//              vs the SIMD direct sum (`/direct`, up to L = 8192);
-//   s4d        H = 256, N = 64, prefill by the FFT kernel path (`/tokmix`) vs
-//              the recurrence (`/recurrent`), from a non-zero state so both
-//              also produce the final state;
+//   long_conv  d = 256, filter as long as the sequence: the automatic path
+//              (`/tokmix`) beside the forced FFT (`/fft`) and SIMD direct sum
+//              (`/direct`, up to L = 8192);
+//   s4d        H = 256, N = 64, prefill on the automatic path (`/tokmix`)
+//              beside the forced FFT kernel path (`/fft`) and recurrence
+//              (`/recurrent`), from a non-zero state so all also produce the
+//              final state;
 //   aft_simple causal and aft_local (window 64, causal) at d = 256.
 // Linear-time cases are run at L = 4096 and 65536: t(65536)/t(4096) <= 17 is
 // the target (16 is linear).
 //
 // FLOPs (model counts, the same for every impl of a case so rates compare):
-//   long_conv: 2 d sum_t min(t + 1, K)  (the direct sum; the FFT does fewer);
+//   long_conv: 2 d sum_t min(t + 1, K)  (the direct sum; the FFT does fewer, so
+//              its GFLOPS are direct-equivalent and can pass the peak);
 //              short filters (K = 16, 64, 256 at L = 8192) place the switch
 //   s4d      : 10 L H N  (complex multiply-add of the state, real output term)
 //   aft      : local 4 L d s (exps not counted); simple is reported as
@@ -104,30 +107,35 @@ void bm_aft(benchmark::State& state, index_t L, bool local) {
   else tokmix_bench::set_gbps(state, 4.0 * double(n) * sizeof(float), 1);
 }
 
+// `/tokmix` is the automatic path (what a caller gets by default); the forced
+// paths run beside it under their own names.
+const char* impl_name(tokmix::long_conv_path p) {
+  return p == tokmix::long_conv_path::automatic ? "/tokmix" : p == tokmix::long_conv_path::fft ? "/fft" : "/direct";
+}
+const char* impl_name(tokmix::lti_path p) {
+  return p == tokmix::lti_path::automatic ? "/tokmix" : p == tokmix::lti_path::fft ? "/fft" : "/recurrent";
+}
+
 const bool registered = [] {
+  using lc = tokmix::long_conv_path;
   for (index_t L : {index_t(1024), index_t(8192), index_t(65536)})
-    for (auto path : {tokmix::long_conv_path::fft, tokmix::long_conv_path::direct}) {
-      if (path == tokmix::long_conv_path::direct && L > 8192) continue;
-      const bool fft = path == tokmix::long_conv_path::fft;
+    for (auto path : {lc::automatic, lc::fft, lc::direct}) {
+      if (path == lc::direct && L > 8192) continue;
       auto* b = tokmix_bench::defaults(benchmark::RegisterBenchmark(
-          ("long_conv/d:256/L:" + std::to_string(L) + "/threads:1" + (fft ? "/tokmix" : "/direct")).c_str(),
-          bm_long_conv, L, L, path));
+          ("long_conv/d:256/L:" + std::to_string(L) + "/threads:1" + impl_name(path)).c_str(), bm_long_conv, L, L,
+          path));
       if (L >= 8192) b->Iterations(1);
     }
   // Short filters: where long_conv_path::automatic switches (long_conv_direct_max_taps).
   for (index_t K : {index_t(16), index_t(64), index_t(256)})
-    for (auto path : {tokmix::long_conv_path::fft, tokmix::long_conv_path::direct})
+    for (auto path : {lc::automatic, lc::fft, lc::direct})
       tokmix_bench::defaults(benchmark::RegisterBenchmark(
-          ("long_conv/d:256/L:8192/taps:" + std::to_string(K) + "/threads:1" +
-           (path == tokmix::long_conv_path::fft ? "/tokmix" : "/direct"))
-              .c_str(),
+          ("long_conv/d:256/L:8192/taps:" + std::to_string(K) + "/threads:1" + impl_name(path)).c_str(),
           bm_long_conv, index_t(8192), K, path));
   for (index_t L : {index_t(4096), index_t(65536)})
-    for (auto path : {tokmix::lti_path::fft, tokmix::lti_path::recurrent}) {
-      const bool fft = path == tokmix::lti_path::fft;
+    for (auto path : {tokmix::lti_path::automatic, tokmix::lti_path::fft, tokmix::lti_path::recurrent}) {
       auto* b = tokmix_bench::defaults(benchmark::RegisterBenchmark(
-          ("s4d/H:256/N:64/L:" + std::to_string(L) + "/threads:1" + (fft ? "/tokmix" : "/recurrent")).c_str(), bm_s4d,
-          L, path));
+          ("s4d/H:256/N:64/L:" + std::to_string(L) + "/threads:1" + impl_name(path)).c_str(), bm_s4d, L, path));
       if (L == 65536) b->Iterations(1);
     }
   for (index_t L : {index_t(4096), index_t(65536)})

@@ -6,7 +6,6 @@
 #include <string>
 
 #include <benchmark/benchmark.h>
-#include <xsimd/xsimd.hpp>
 
 #include "common.hpp"
 #include "tokmix/version.hpp"

@@ -52,6 +52,9 @@ def load_rows(path):
         if b.get("run_type") == "aggregate":
             if b.get("aggregate_name") == "median":
                 medians[run] = b
+                if run not in grouped:  # --benchmark_report_aggregates_only: no iteration rows
+                    grouped[run] = []
+                    order.append(run)
             continue
         if run not in grouped:
             grouped[run] = []
@@ -68,7 +71,7 @@ def load_rows(path):
             vals = [r[key] for r in reps if key in r]
             return statistics.median(vals) if vals else None
 
-        unit = reps[0].get("time_unit", "ns")
+        unit = (reps[0] if reps else src).get("time_unit", "ns")
         case, impl = split_name(run)
         rows.append(
             {

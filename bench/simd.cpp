@@ -15,8 +15,6 @@
 #include <type_traits>
 #include <vector>
 
-#include <Eigen/Core>
-
 #include "common.hpp"
 #include "tokmix/simd.hpp"
 

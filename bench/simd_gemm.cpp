@@ -11,8 +11,6 @@
 #include <type_traits>
 #include <vector>
 
-#include <Eigen/Core>
-
 #include "common.hpp"
 #include "tokmix/simd/gemm.hpp"
 

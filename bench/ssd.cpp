@@ -116,7 +116,7 @@ void bm_step(benchmark::State& state) {
 
 void bm_hydra(benchmark::State& state, index_t seq, int threads) {
   data s(seq);
-  const auto prm = s.params(64, threads);
+  const auto prm = s.params(tokmix::ssd_default_chunk, threads);
   for (auto _ : state) {
     tokmix::hydra_forward({s.x.data(), {1, seq, bench_heads, bench_p}}, {s.dt.data(), {1, seq, bench_heads}},
                           {s.A.data(), {bench_heads}}, {s.B.data(), {1, seq, 1, bench_n}},
@@ -124,7 +124,7 @@ void bm_hydra(benchmark::State& state, index_t seq, int threads) {
     benchmark::DoNotOptimize(s.y.data());
     benchmark::ClobberMemory();
   }
-  tokmix_bench::set_gflops(state, 2 * chunk_flops(seq, 64, threads), threads);
+  tokmix_bench::set_gflops(state, 2 * chunk_flops(seq, tokmix::ssd_default_chunk, threads), threads);
 }
 
 const bool registered = [] {
@@ -140,8 +140,9 @@ const bool registered = [] {
         if (L == 65536) b->Iterations(2);
       }
     }
-  for (index_t chunk : {index_t(16), index_t(32), index_t(128), index_t(256)})
-    tokmix_bench::defaults(benchmark::RegisterBenchmark(
+  for (index_t chunk : {index_t(16), index_t(32), index_t(64), index_t(128), index_t(256)})
+    if (chunk != tokmix::ssd_default_chunk)
+      tokmix_bench::defaults(benchmark::RegisterBenchmark(
         (base + "/L:4096/chunk:" + std::to_string(chunk) + "/threads:1/tokmix").c_str(), bm_prefill, index_t(4096),
         chunk, 1, true));
   tokmix_bench::defaults(benchmark::RegisterBenchmark((std::string("ssd_step/heads:24/P:64/N:128/threads:1/tokmix")).c_str(), bm_step))

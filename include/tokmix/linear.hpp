@@ -1,6 +1,6 @@
 #pragma once
 // Umbrella header: linear attention, its feature maps and the gated / decaying
-// linear recurrences (../shared/MIXERS.md, "Linear attention" and "Gated and
+// linear recurrences (docs/semantics.md, "Linear attention" and "Gated and
 // decaying linear recurrences").
 #include "tokmix/linear/gla.hpp"
 #include "tokmix/linear/retention.hpp"
@@ -10,3 +10,4 @@
 #include "tokmix/linear/random_features.hpp"
 #include "tokmix/linear/kernelized_relpos.hpp"
 #include "tokmix/linear/galerkin.hpp"
+#include "tokmix/linear/nha.hpp"

@@ -1,7 +1,7 @@
 #pragma once
 // Umbrella header: the sparse and compressed attention family, exact softmax
 // over chosen key subsets on the flash attention tiles plus the compressed-KV
-// mixers (../shared/MIXERS.md, "Softmax attention" semantics).
+// mixers (docs/semantics.md, "Softmax attention").
 #include "tokmix/sparse/block_layout.hpp"
 #include "tokmix/sparse/block_sparse.hpp"
 #include "tokmix/sparse/dilated.hpp"

@@ -1,5 +1,5 @@
 #pragma once
-// Umbrella header: the state-space and convolutional mixers (../shared/MIXERS.md, "State-space mixers").
+// Umbrella header: the state-space and convolutional mixers (docs/semantics.md, "State-space mixers").
 #include "tokmix/ssm/conv1d.hpp"
 #include "tokmix/ssm/selective_scan.hpp"
 #include "tokmix/ssm/ssd.hpp"

@@ -7,3 +7,4 @@
 #include "tokmix/attention.hpp"
 #include "tokmix/linear.hpp"
 #include "tokmix/ssm.hpp"
+#include "tokmix/blocks.hpp"

@@ -21,4 +21,6 @@ TEST_CASE("umbrella header exposes every family", "[umbrella]") {
   CHECK(sizeof(tokmix::conv1d_state) > 0);
   CHECK(sizeof(tokmix::lti_state) > 0);
   CHECK(sizeof(tokmix::aft_state) > 0);
+  CHECK(sizeof(tokmix::linear_weights) > 0);
+  CHECK(sizeof(tokmix::named_tensors) > 0);
 }

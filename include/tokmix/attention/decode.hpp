@@ -17,7 +17,7 @@
 //      shared by a group of query heads; Milakov & Gimelshein (2018): online
 //      softmax.
 //
-// Semantics (../shared/MIXERS.md): the new queries are the last n tokens of the
+// Semantics (docs/semantics.md): the new queries are the last n tokens of the
 // sequence whose keys are in the cache (append first, then attend), so query i
 // sits at absolute position cache.length() - n + i and decode is causal with
 // bottom-right alignment (params.causal may stay false; top-left alignment is
@@ -46,7 +46,7 @@
 #include <string>
 #include <type_traits>
 
-#include <xsimd/xsimd.hpp>
+#include "tokmix/simd/arch.hpp"
 
 #include "tokmix/attention/detail/decode_kernels.hpp"
 #include "tokmix/attention/kv_cache.hpp"

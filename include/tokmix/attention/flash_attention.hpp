@@ -9,7 +9,7 @@
 //   tokmix::flash_attention(q, k, v, o, p);        // o: [B, Lq, Hq, Dv]
 //   tokmix::flash_attention(q, k, v, o, lse, p);   // lse: [B, Hq, Lq], natural log
 //
-// Semantics: ../shared/MIXERS.md, "Softmax attention".
+// Semantics: docs/semantics.md, "Softmax attention".
 // ref: Dao et al., FlashAttention / FlashAttention-2 (2022, 2023).
 
 #include <cmath>
@@ -18,7 +18,7 @@
 #include <utility>
 #include <vector>
 
-#include <xsimd/xsimd.hpp>
+#include "tokmix/simd/arch.hpp"
 
 #include "tokmix/attention/detail/flash_kernel.hpp"
 #include "tokmix/attention/mask.hpp"

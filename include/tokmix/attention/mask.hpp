@@ -10,7 +10,7 @@
 // data: fully hidden tiles are skipped, fully visible ones need no mask work.
 // Segment ids and the user bool mask are data; attention_data_visible checks them.
 //
-// Semantics: ../shared/MIXERS.md, "Softmax attention".
+// Semantics: docs/semantics.md, "Softmax attention".
 // ref: FlashAttention-2 window_size / causal alignment (Dao, 2023);
 //      StreamingLLM attention sinks (Xiao et al., 2023); ACDiT block-causal (Hu et al., 2024).
 

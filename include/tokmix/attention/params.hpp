@@ -1,6 +1,6 @@
 #pragma once
 // The options of softmax attention, shared by prefill and decode so a layer
-// configures them once. Semantics: ../shared/MIXERS.md, "Softmax attention".
+// configures them once. Semantics: docs/semantics.md, "Softmax attention".
 // Flags stay runtime here; kernels turn the ones their inner loop needs into
 // compile-time constants (as FlashAttention does with its params struct).
 

@@ -18,7 +18,7 @@
 #include <type_traits>
 #include <vector>
 
-#include <xsimd/xsimd.hpp>
+#include "tokmix/simd/arch.hpp"
 
 #include "tokmix/core/element.hpp"
 #include "tokmix/core/error.hpp"

@@ -2,7 +2,7 @@
 // Storage element types. Everything is computed in fp32; fp16 and bf16 exist
 // only as storage (inputs, KV caches) and are widened on load.
 
-#include <Eigen/Core>
+#include "tokmix/core/third_party.hpp"
 #include <type_traits>
 
 namespace tokmix {

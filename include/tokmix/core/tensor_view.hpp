@@ -10,7 +10,7 @@
 #include <string>
 #include <type_traits>
 
-#include <unsupported/Eigen/CXX11/Tensor>
+#include "tokmix/core/third_party.hpp"
 
 #include "tokmix/core/element.hpp"
 #include "tokmix/core/error.hpp"

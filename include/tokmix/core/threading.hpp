@@ -18,10 +18,7 @@
 #include <thread>
 #include <vector>
 
-#ifndef EIGEN_USE_THREADS
-#define EIGEN_USE_THREADS
-#endif
-#include <unsupported/Eigen/CXX11/Tensor>
+#include "tokmix/core/third_party.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>

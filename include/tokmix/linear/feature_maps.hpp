@@ -36,13 +36,12 @@
 #include <string>
 #include <vector>
 
-#include <xsimd/xsimd.hpp>
+#include "tokmix/simd/arch.hpp"
 
 #include "tokmix/core/error.hpp"
 #include "tokmix/core/tensor_view.hpp"
 #include "tokmix/linear/random_features.hpp"
 #include "tokmix/simd/activation.hpp"
-#include "tokmix/simd/arch.hpp"
 #include "tokmix/simd/exp.hpp"
 #include "tokmix/simd/gemm.hpp"
 

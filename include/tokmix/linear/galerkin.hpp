@@ -12,7 +12,7 @@
 // LN normalises each row over the head dim (mean 0, variance 1, eps inside the
 // square root), without affine unless weights/biases are given ([heads, dim]
 // of the normalised tensor). Non-causal; Lq and Lk may differ; grouped heads
-// as in MIXERS.md (query head h uses kv head h / (Hq / Hkv)).
+// as in docs/semantics.md (query head h uses kv head h / (Hq / Hkv)).
 
 #include <algorithm>
 #include <cmath>

@@ -25,7 +25,7 @@
 // Small problems use the exact direct sum (see fft_convolver).
 //
 // Rows whose normaliser is exactly 0 output zeros. Lq must equal Lk (relative
-// positions need one axis); grouped heads as in MIXERS.md; the bias is per
+// positions need one axis); grouped heads as in docs/semantics.md; the bias is per
 // query head.
 
 #include <algorithm>

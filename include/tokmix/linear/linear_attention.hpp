@@ -10,7 +10,7 @@
 //      chunkwise form as in Hua et al. 2022, "Transformer Quality in Linear
 //      Time" (FLASH, sec. 3.3) and flash-linear-attention's chunk kernels.
 //
-// Semantics (../shared/MIXERS.md). Per kv head, with phi applied to rows:
+// Semantics (docs/semantics.md). Per kv head, with phi applied to rows:
 //   S_t = S_{t-1} + phi(k_t) v_t^T      [F, dv]
 //   z_t = z_{t-1} + phi(k_t)            [F]
 //   o_t = phi(q_t)^T S_t / (phi(q_t)^T z_t + eps)   (normalize)
@@ -48,7 +48,7 @@
 #include <string>
 #include <vector>
 
-#include <unsupported/Eigen/CXX11/Tensor>
+#include "tokmix/core/third_party.hpp"
 
 #include "tokmix/core/error.hpp"
 #include "tokmix/core/scratch.hpp"

@@ -11,17 +11,17 @@
 //      Rahimi & Recht 2007, "Random Features for Large-Scale Kernel Machines";
 //      Yu et al. 2016, "Orthogonal Random Features" (block construction).
 //
-// The Gaussian draws use a fixed Box-Muller transform over std::mt19937_64, so
-// a seed gives the same W with every standard library.
+// The Gaussian draws come from core/random.hpp, so a seed gives the same W
+// with every standard library.
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "tokmix/core/error.hpp"
+#include "tokmix/core/random.hpp"
 #include "tokmix/core/tensor_view.hpp"
 
 namespace tokmix {
@@ -30,36 +30,6 @@ enum class random_feature_kind {
   positive,       // FAVOR+: exp(W x - |x|^2/2) / sqrt(m), m features
   trigonometric,  // RFF: [sin(W x), cos(W x)] * exp(|x|^2/2) / sqrt(m), 2m features
 };
-
-namespace detail {
-
-// Standard normal draws, Box-Muller over 53-bit uniforms.
-class normal_stream {
- public:
-  explicit normal_stream(std::uint64_t seed) : gen_(seed) {}
-  double next() {
-    if (have_spare_) {
-      have_spare_ = false;
-      return spare_;
-    }
-    const double two_pi = 6.283185307179586476925;
-    double u1 = 0;
-    while (u1 <= 0) u1 = uniform();
-    const double u2 = uniform();
-    const double r = std::sqrt(-2.0 * std::log(u1));
-    spare_ = r * std::sin(two_pi * u2);
-    have_spare_ = true;
-    return r * std::cos(two_pi * u2);
-  }
-
- private:
-  double uniform() { return static_cast<double>(gen_() >> 11) * (1.0 / 9007199254740992.0); }
-  std::mt19937_64 gen_;
-  double spare_ = 0;
-  bool have_spare_ = false;
-};
-
-}  // namespace detail
 
 class random_feature_map {
  public:
@@ -105,9 +75,9 @@ class random_feature_map {
     seed_ = seed;
     const index_t d = head_dim_, m = n_features_;
     w_.assign(static_cast<std::size_t>(m * d), 0.f);
-    detail::normal_stream g(seed);
+    random_stream g(seed);
     if (!orthogonal_) {
-      for (auto& x : w_) x = static_cast<float>(g.next());
+      for (auto& x : w_) x = static_cast<float>(g.normal());
       return;
     }
     // Each block: Gram-Schmidt (twice, for orthogonality to rounding) of d
@@ -116,7 +86,7 @@ class random_feature_map {
     // -Wmaybe-uninitialized false positive (GCC bug 105593) in user builds.
     std::vector<double> q(static_cast<std::size_t>(d * d));
     for (index_t r0 = 0; r0 < m; r0 += d) {
-      for (auto& x : q) x = g.next();
+      for (auto& x : q) x = g.normal();
       for (index_t i = 0; i < d; ++i) {
         double* qi = &q[static_cast<std::size_t>(i * d)];
         for (int pass = 0; pass < 2; ++pass)
@@ -136,7 +106,7 @@ class random_feature_map {
         // Row length of an unstructured Gaussian row: chi(d), from an independent draw.
         double len2 = 0;
         for (index_t j = 0; j < d; ++j) {
-          const double x = g.next();
+          const double x = g.normal();
           len2 += x * x;
         }
         const double len = std::sqrt(len2);

@@ -6,24 +6,15 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "tokmix/core/third_party.hpp"
+
+TOKMIX_SIMD_AVX512_WARNINGS_OFF
 #include <xsimd/xsimd.hpp>
+TOKMIX_SIMD_AVX512_WARNINGS_ON
 
 #include "tokmix/core/tensor_view.hpp"
 
-// GCC 12 reports -W(maybe-)uninitialized inside its own AVX-512 intrinsics
-// (_mm512_undefined_* initialise themselves; GCC bug 105593, fixed in 13) when
-// xsimd max/shift/... are inlined into a caller. GCC checks diagnostic pragmas
-// along the inlining stack, so bracketing the kernels with these silences the
-// false positive without touching the caller's flags.
-#if defined(__GNUC__) && !defined(__clang__)
-#define TOKMIX_SIMD_AVX512_WARNINGS_OFF \
-  _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"") \
-      _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
-#define TOKMIX_SIMD_AVX512_WARNINGS_ON _Pragma("GCC diagnostic pop")
-#else
-#define TOKMIX_SIMD_AVX512_WARNINGS_OFF
-#define TOKMIX_SIMD_AVX512_WARNINGS_ON
-#endif
+// TOKMIX_SIMD_AVX512_WARNINGS_OFF/ON: see core/third_party.hpp.
 
 TOKMIX_SIMD_AVX512_WARNINGS_OFF
 namespace tokmix {

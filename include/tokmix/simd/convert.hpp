@@ -10,8 +10,9 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
-#include <Eigen/Core>
+#include "tokmix/core/third_party.hpp"
 
 #include "tokmix/simd/arch.hpp"
 
@@ -20,11 +21,20 @@ namespace tokmix {
 namespace simd {
 namespace detail {
 
-// lanes 16-bit patterns, zero-extended to 32 bits. memcpy because Eigen::half
-// and bfloat16 are not uint16_t for aliasing purposes; the compiler emits one
-// load and a widening move.
+// lanes 16-bit patterns, zero-extended to 32 bits. The generic path goes
+// through memcpy because Eigen::half and bfloat16 are not uint16_t for
+// aliasing purposes; AVX2 and AVX-512 widen in one vpmovzxwd (the generic
+// path compiles to scalar moves and a store-forwarding stall there).
 template <class Arch>
 inline ibatch<Arch> load_u16(const void* p) noexcept {
+#if defined(__AVX512F__)
+  if constexpr (std::is_base_of<xsimd::avx512f, Arch>::value)
+    return _mm512_cvtepu16_epi32(_mm256_loadu_si256(static_cast<const __m256i*>(p)));
+#endif
+#if defined(__AVX2__)
+  if constexpr (std::is_base_of<xsimd::avx2, Arch>::value)
+    return _mm256_cvtepu16_epi32(_mm_loadu_si128(static_cast<const __m128i*>(p)));
+#endif
   constexpr std::size_t w = ibatch<Arch>::size;
   std::uint16_t raw[w];
   std::memcpy(raw, p, sizeof(raw));
@@ -37,19 +47,23 @@ inline ibatch<Arch> load_u16(const void* p) noexcept {
 template <class Arch>
 inline void store_u16(void* p, const ibatch<Arch>& v, std::size_t count) noexcept {
   constexpr std::size_t w = ibatch<Arch>::size;
+#if defined(__AVX512F__)
+  if constexpr (std::is_base_of<xsimd::avx512f, Arch>::value)
+    if (count == w) return _mm256_storeu_si256(static_cast<__m256i*>(p), _mm512_cvtepi32_epi16(v));
+#endif
+#if defined(__AVX2__)
+  if constexpr (std::is_base_of<xsimd::avx2, Arch>::value && !std::is_base_of<xsimd::avx512f, Arch>::value)
+    if (count == w) {
+      const __m256i low = _mm256_and_si256(v, _mm256_set1_epi32(0xffff));  // packus saturates, so no sign bits
+      return _mm_storeu_si128(static_cast<__m128i*>(p), _mm_packus_epi32(_mm256_castsi256_si128(low),
+                                                                          _mm256_extracti128_si256(low, 1)));
+    }
+#endif
   alignas(Arch::alignment()) std::int32_t wide[w];
   v.store_aligned(wide);
   std::uint16_t raw[w];
   for (std::size_t i = 0; i < w; ++i) raw[i] = static_cast<std::uint16_t>(wide[i]);
   std::memcpy(p, raw, count * sizeof(std::uint16_t));
-}
-
-template <class Arch>
-inline ibatch<Arch> load_u16_partial(const void* p, std::size_t count) noexcept {
-  constexpr std::size_t w = ibatch<Arch>::size;
-  std::uint16_t raw[w] = {};
-  std::memcpy(raw, p, count * sizeof(std::uint16_t));
-  return load_u16<Arch>(raw);
 }
 
 template <class Arch>
@@ -103,13 +117,39 @@ inline ibatch<Arch> float_to_bf16_bits(const fbatch<Arch>& f) noexcept {
   return blend_bits<Arch>(less_mask<Arch>(ib(0x7f800000), u & ib(0x7fffffff)), quiet_nan, rounded);
 }
 
-template <class Arch, class ToFloat>
-inline void widen_kernel(Arch, const void* src, float* dst, index_t n, ToFloat&& to_float) noexcept {
+// lanes halves at p as floats: one vcvtph2ps where F16C / AVX-512F has it
+// (exact, as the generic bit path is), else the generic path.
+template <class Arch>
+inline fbatch<Arch> load_half_as_float(const void* p) noexcept {
+#if defined(__AVX512F__)
+  if constexpr (std::is_base_of<xsimd::avx512f, Arch>::value)
+    return _mm512_cvtph_ps(_mm256_loadu_si256(static_cast<const __m256i*>(p)));
+#endif
+#if defined(__F16C__) && defined(__AVX__)
+  if constexpr (std::is_base_of<xsimd::avx, Arch>::value && !std::is_base_of<xsimd::avx512f, Arch>::value)
+    return _mm256_cvtph_ps(_mm_loadu_si128(static_cast<const __m128i*>(p)));
+#endif
+  return half_bits_to_float<Arch>(load_u16<Arch>(p));
+}
+
+template <class Arch>
+inline fbatch<Arch> load_bf16_as_float(const void* p) noexcept {
+  return bf16_bits_to_float<Arch>(load_u16<Arch>(p));
+}
+
+// Load reads lanes 16-bit values at a pointer as floats; the tail goes
+// through a zero-filled copy so nothing past n is read.
+template <class Arch, class Load>
+inline void widen_kernel(Arch, const void* src, float* dst, index_t n, Load&& load) noexcept {
   constexpr index_t w = lanes<Arch>;
   const char* s = static_cast<const char*>(src);
   index_t i = 0;
-  for (; i + w <= n; i += w) to_float(load_u16<Arch>(s + 2 * i)).store_unaligned(dst + i);
-  if (i < n) store_partial<Arch>(dst + i, to_float(load_u16_partial<Arch>(s + 2 * i, static_cast<std::size_t>(n - i))), n - i);
+  for (; i + w <= n; i += w) load(s + 2 * i).store_unaligned(dst + i);
+  if (i < n) {
+    std::uint16_t raw[w] = {};
+    std::memcpy(raw, s + 2 * i, static_cast<std::size_t>(n - i) * sizeof(std::uint16_t));
+    store_partial<Arch>(dst + i, load(raw), n - i);
+  }
 }
 
 template <class Arch, class FromFloat>
@@ -135,7 +175,7 @@ static_assert(sizeof(Eigen::half) == 2 && sizeof(Eigen::bfloat16) == 2, "16-bit 
 inline void convert(const Eigen::half* src, float* dst, index_t n) {
   detail::require_convert(src, dst, n);
   detail::widen_kernel(default_arch{}, src, dst, n,
-                       [](const ibatch<default_arch>& h) { return detail::half_bits_to_float<default_arch>(h); });
+                       [](const void* p) { return detail::load_half_as_float<default_arch>(p); });
 }
 
 // fp32 -> fp16, round to nearest even; beyond the half range -> +-inf; NaN -> NaN.
@@ -149,7 +189,7 @@ inline void convert(const float* src, Eigen::half* dst, index_t n) {
 inline void convert(const Eigen::bfloat16* src, float* dst, index_t n) {
   detail::require_convert(src, dst, n);
   detail::widen_kernel(default_arch{}, src, dst, n,
-                       [](const ibatch<default_arch>& h) { return detail::bf16_bits_to_float<default_arch>(h); });
+                       [](const void* p) { return detail::load_bf16_as_float<default_arch>(p); });
 }
 
 // fp32 -> bf16, round to nearest even (overflow rounds to +-inf); NaN -> quiet NaN.

@@ -28,7 +28,11 @@
 #include <string>
 #include <vector>
 
+#include "tokmix/core/third_party.hpp"
+
+TOKMIX_SIMD_AVX512_WARNINGS_OFF
 #include <unsupported/Eigen/FFT>
+TOKMIX_SIMD_AVX512_WARNINGS_ON
 
 #include "tokmix/core/error.hpp"
 #include "tokmix/core/tensor_view.hpp"

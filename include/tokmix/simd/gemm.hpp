@@ -20,7 +20,7 @@
 #include <cstddef>
 #include <string>
 
-#include <xsimd/xsimd.hpp>
+#include "tokmix/simd/arch.hpp"
 
 #include "tokmix/core/error.hpp"
 #include "tokmix/core/tensor_view.hpp"
@@ -439,6 +439,13 @@ void gemm_kernel(Arch, index_t m, index_t n, index_t k, float alpha, const float
 
 inline void gemm_validate(const char* fn, index_t m, index_t n, index_t k, const float* a, index_t lda,
                           index_t a_cols, const float* b, index_t ldb, index_t b_cols, const float* c, index_t ldc) {
+  const bool product = m > 0 && n > 0 && k > 0;
+  // The checks first, the messages only on failure: the strings cost more
+  // than a small product (a decode step makes many).
+  if (m >= 0 && n >= 0 && k >= 0 && lda >= std::max<index_t>(1, a_cols) && ldb >= std::max<index_t>(1, b_cols) &&
+      ldc >= std::max<index_t>(1, n) && !(product && (a == nullptr || b == nullptr)) &&
+      !(m > 0 && n > 0 && c == nullptr))
+    return;
   const std::string f(fn);
   require(m >= 0, (f + ": m").c_str(), "m >= 0", m);
   require(n >= 0, (f + ": n").c_str(), "n >= 0", n);
@@ -449,7 +456,6 @@ inline void gemm_validate(const char* fn, index_t m, index_t n, index_t k, const
           "ldb >= " + std::to_string(std::max<index_t>(1, b_cols)), ldb);
   require(ldc >= std::max<index_t>(1, n), (f + ": ldc").c_str(), "ldc >= " + std::to_string(std::max<index_t>(1, n)),
           ldc);
-  const bool product = m > 0 && n > 0 && k > 0;
   require(!(product && a == nullptr), (f + ": a").c_str(), "a non-null pointer", "nullptr");
   require(!(product && b == nullptr), (f + ": b").c_str(), "a non-null pointer", "nullptr");
   require(!(m > 0 && n > 0 && c == nullptr), (f + ": c").c_str(), "a non-null pointer", "nullptr");

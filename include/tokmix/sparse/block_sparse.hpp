@@ -42,7 +42,7 @@
 #include <utility>
 #include <vector>
 
-#include <xsimd/xsimd.hpp>
+#include "tokmix/simd/arch.hpp"
 
 #include "tokmix/attention/decode.hpp"
 #include "tokmix/attention/detail/flash_kernel.hpp"

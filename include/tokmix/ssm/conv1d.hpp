@@ -20,8 +20,8 @@
 #include <string>
 #include <type_traits>
 
-#include <unsupported/Eigen/CXX11/Tensor>
-#include <xsimd/xsimd.hpp>
+#include "tokmix/core/third_party.hpp"
+#include "tokmix/simd/arch.hpp"
 
 #include "tokmix/core/error.hpp"
 #include "tokmix/core/scratch.hpp"
@@ -29,7 +29,6 @@
 #include "tokmix/core/threading.hpp"
 #include "tokmix/ssm/detail/varlen.hpp"
 #include "tokmix/simd/activation.hpp"
-#include "tokmix/simd/arch.hpp"
 #include "tokmix/simd/exp.hpp"
 
 TOKMIX_SIMD_AVX512_WARNINGS_OFF

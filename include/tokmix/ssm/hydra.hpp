@@ -24,7 +24,7 @@
 #include <cstring>
 #include <vector>
 
-#include <unsupported/Eigen/CXX11/Tensor>
+#include "tokmix/core/third_party.hpp"
 
 #include "tokmix/core/error.hpp"
 #include "tokmix/core/tensor_view.hpp"

@@ -29,14 +29,13 @@
 #include <type_traits>
 #include <vector>
 
-#include <unsupported/Eigen/CXX11/Tensor>
-#include <xsimd/xsimd.hpp>
+#include "tokmix/core/third_party.hpp"
+#include "tokmix/simd/arch.hpp"
 
 #include "tokmix/core/error.hpp"
 #include "tokmix/core/tensor_view.hpp"
 #include "tokmix/core/threading.hpp"
 #include "tokmix/simd/activation.hpp"
-#include "tokmix/simd/arch.hpp"
 #include "tokmix/simd/fft.hpp"
 
 TOKMIX_SIMD_AVX512_WARNINGS_OFF

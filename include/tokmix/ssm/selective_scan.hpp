@@ -27,15 +27,14 @@
 #include <cstdint>
 #include <string>
 
-#include <unsupported/Eigen/CXX11/Tensor>
-#include <xsimd/xsimd.hpp>
+#include "tokmix/core/third_party.hpp"
+#include "tokmix/simd/arch.hpp"
 
 #include "tokmix/core/error.hpp"
 #include "tokmix/core/scratch.hpp"
 #include "tokmix/core/tensor_view.hpp"
 #include "tokmix/core/threading.hpp"
 #include "tokmix/simd/activation.hpp"
-#include "tokmix/simd/arch.hpp"
 #include "tokmix/simd/exp.hpp"
 #include "tokmix/ssm/detail/varlen.hpp"
 

@@ -41,15 +41,14 @@
 #include <limits>
 #include <string>
 
-#include <unsupported/Eigen/CXX11/Tensor>
-#include <xsimd/xsimd.hpp>
+#include "tokmix/core/third_party.hpp"
+#include "tokmix/simd/arch.hpp"
 
 #include "tokmix/core/error.hpp"
 #include "tokmix/core/scratch.hpp"
 #include "tokmix/core/tensor_view.hpp"
 #include "tokmix/core/threading.hpp"
 #include "tokmix/simd/activation.hpp"
-#include "tokmix/simd/arch.hpp"
 #include "tokmix/simd/dot.hpp"
 #include "tokmix/simd/exp.hpp"
 #include "tokmix/simd/gemm.hpp"
@@ -58,10 +57,10 @@ TOKMIX_SIMD_AVX512_WARNINGS_OFF
 namespace tokmix {
 
 // Default chunk length. Measured (bench/ssd.cpp, 24 heads x P = 64, N = 128,
-// AVX-512, L = 4096, CPU time on a loaded machine): 16, 32 and 64 within noise
-// of each other (68-72 ms), 128 and 256 about 2x slower (the masked half of the
-// Q x Q tile grows); 64 keeps the products' k and m widest among the fast ones.
-constexpr index_t ssd_default_chunk = 64;
+// L = 4096, one AVX-512 core, medians of 3, two runs): chunk 16 47 ms, 32
+// 41-42 ms, 64 52-54 ms, 128 and 256 about 2x slower (the masked half of the
+// chunk x chunk tile grows, and the tiles leave L1). The token loop: 89-91 ms.
+constexpr index_t ssd_default_chunk = 32;
 
 struct ssd_params {
   // Skip term: [heads, 1] (one D per head) or [heads, head_dim]; empty = none.

@@ -7,12 +7,13 @@
 
 #include <cstddef>
 
-#include <xsimd/xsimd.hpp>
+#include "tokmix/simd/arch.hpp"
 
 #include "tokmix/core/element.hpp"
 #include "tokmix/core/tensor_view.hpp"
 #include "tokmix/simd/convert.hpp"
 
+TOKMIX_SIMD_AVX512_WARNINGS_OFF
 namespace tokmix {
 namespace detail {
 
@@ -45,11 +46,11 @@ inline xsimd::batch<float, Arch> decode_load(const float* p) {
 }
 template <class Arch>
 inline xsimd::batch<float, Arch> decode_load(const Eigen::half* p) {
-  return simd::detail::half_bits_to_float<Arch>(simd::detail::load_u16<Arch>(p));
+  return simd::detail::load_half_as_float<Arch>(p);
 }
 template <class Arch>
 inline xsimd::batch<float, Arch> decode_load(const Eigen::bfloat16* p) {
-  return simd::detail::bf16_bits_to_float<Arch>(simd::detail::load_u16<Arch>(p));
+  return simd::detail::load_bf16_as_float<Arch>(p);
 }
 
 // s[r * lds + j] = sum_d q[r * ldq + d] * k[j * ldk + d] for MR rows x NK
@@ -164,3 +165,4 @@ inline void decode_pv(Arch, const float* p, index_t ldp, index_t rows, const T* 
 
 }  // namespace detail
 }  // namespace tokmix
+TOKMIX_SIMD_AVX512_WARNINGS_ON

@@ -5,7 +5,7 @@
 // and the chunk bookkeeping run. Kept in one place so the three mixers agree on
 // shapes, error messages and threading, and a fix lands in all of them.
 //
-// Layout (../shared/MIXERS.md, fla conventions): q, k [batch, seq, heads, d_k],
+// Layout (docs/semantics.md, fla conventions): q, k [batch, seq, heads, d_k],
 // v, o [batch, seq, heads, d_v], state S [n_states, heads, d_k, d_v] with
 // o_t = S_t^T (scale * q_t).
 
@@ -15,14 +15,13 @@
 #include <limits>
 #include <string>
 
-#include <unsupported/Eigen/CXX11/Tensor>
-#include <xsimd/xsimd.hpp>
+#include "tokmix/core/third_party.hpp"
+#include "tokmix/simd/arch.hpp"
 
 #include "tokmix/core/error.hpp"
 #include "tokmix/core/scratch.hpp"
 #include "tokmix/core/tensor_view.hpp"
 #include "tokmix/core/threading.hpp"
-#include "tokmix/simd/arch.hpp"
 #include "tokmix/simd/exp.hpp"
 
 TOKMIX_SIMD_AVX512_WARNINGS_OFF
@@ -79,6 +78,22 @@ struct rec_item {
   float* S;        // [d_k, d_v] dense, this item's state
 };
 
+// Checks a packed batch's offsets against the inputs' batch and seq extents;
+// returns the number of states the call needs (n_seqs, or batch without cu).
+inline index_t rec_validate_cu(const tensor_view<const std::int32_t, 1>& cu, index_t batch, index_t seq) {
+  if (!rec_given(cu)) return batch;
+  require_layout("cu_seqlens", cu);
+  require(batch == 1, "q batch (dim 0) with cu_seqlens", 1, batch);
+  require(cu.dim(0) >= 1, "cu_seqlens size", ">= 1 (n_seqs + 1)", cu.dim(0));
+  require(cu(0) == 0, "cu_seqlens[0]", 0, cu(0));
+  for (index_t s = 1; s < cu.dim(0); ++s)
+    if (cu(s) < cu(s - 1))
+      throw argument_error("cu_seqlens", "non-decreasing offsets",
+                           std::to_string(cu(s)) + " after " + std::to_string(cu(s - 1)) + " at " + std::to_string(s));
+  require(cu(cu.dim(0) - 1) == seq, "cu_seqlens[n_seqs]", "seq = " + std::to_string(seq), cu(cu.dim(0) - 1));
+  return cu.dim(0) - 1;
+}
+
 // Checks q/k/v/o, cu_seqlens and the state against each other; returns nothing
 // and writes nothing. `chunked` says whether `chunk_size` is used by the call.
 inline void rec_validate(const rec_io& io, const tensor_view<const std::int32_t, 1>& cu, const kv_state& state,
@@ -95,19 +110,7 @@ inline void rec_validate(const rec_io& io, const tensor_view<const std::int32_t,
   require(dk >= 1, "q head_dim (dim 3)", ">= 1", dk);
   require(dv >= 1, "v head_dim (dim 3)", ">= 1", dv);
   if (chunked) require(chunk_size >= 1, "chunk_size", ">= 1", chunk_size);
-  index_t n_states = batch;
-  if (rec_given(cu)) {
-    require_layout("cu_seqlens", cu);
-    require(batch == 1, "q batch (dim 0) with cu_seqlens", 1, batch);
-    require(cu.dim(0) >= 1, "cu_seqlens size", ">= 1 (n_seqs + 1)", cu.dim(0));
-    require(cu(0) == 0, "cu_seqlens[0]", 0, cu(0));
-    for (index_t s = 1; s < cu.dim(0); ++s)
-      if (cu(s) < cu(s - 1))
-        throw argument_error("cu_seqlens", "non-decreasing offsets",
-                             std::to_string(cu(s)) + " after " + std::to_string(cu(s - 1)) + " at " + std::to_string(s));
-    require(cu(cu.dim(0) - 1) == seq, "cu_seqlens[n_seqs]", "seq = " + std::to_string(seq), cu(cu.dim(0) - 1));
-    n_states = cu.dim(0) - 1;
-  }
+  const index_t n_states = rec_validate_cu(cu, batch, seq);
   require(state.batch() == n_states, "state batch", n_states, state.batch());
   require(state.heads() == heads, "state heads", heads, state.heads());
   require(state.key_dim() == dk, "state key_dim", dk, state.key_dim());

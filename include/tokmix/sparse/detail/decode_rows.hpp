@@ -14,7 +14,7 @@
 #include <string>
 #include <type_traits>
 
-#include <xsimd/xsimd.hpp>
+#include "tokmix/simd/arch.hpp"
 
 #include "tokmix/attention/detail/decode_kernels.hpp"
 #include "tokmix/attention/kv_cache.hpp"
