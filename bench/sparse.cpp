@@ -96,6 +96,22 @@ void bm_block_sparse(benchmark::State& state, index_t D, index_t L, index_t H, i
   tokmix_bench::set_gflops(state, 4.0 * double(H) * double(D) * pairs, threads);
 }
 
+// Top-k (k keys per query, non-causal): every key is scored, k are attended.
+void bm_topk(benchmark::State& state, index_t D, index_t L, index_t H, index_t k, bool causal, int threads) {
+  data d(L, H, D);
+  tokmix::topk_attention_params p;
+  p.top_k = k;
+  p.causal = causal;
+  if (threads > 1) p.policy = tokmix::exec_policy::threads(threads);
+  for (auto _ : state) {
+    tokmix::topk_attention(d.view(d.q), d.view(d.k), d.view(d.v), d.out(), p);
+    benchmark::DoNotOptimize(d.o.data());
+  }
+  const double pairs = causal ? double(L) * double(L + 1) / 2 : double(L) * double(L);
+  tokmix_bench::set_gflops(state, double(H) * (2.0 * double(D) * pairs + 2.0 * double(D) * double(k) * double(L)),
+                           threads);
+}
+
 const bool registered = [] {
   auto reg = [](const std::string& name, auto fn, auto... args) {
     return tokmix_bench::defaults(benchmark::RegisterBenchmark(name.c_str(), fn, args...));
@@ -112,6 +128,15 @@ const bool registered = [] {
       reg("block_sparse/D:64/L:16384/layout:bigbird_b64_10pct" + tail, bm_block_sparse, D, L, H, index_t(64),
           causal ? index_t(11) : index_t(21), causal, threads);
     }
+  for (index_t Lt : {index_t(4096), index_t(16384)})
+    for (int threads : {1, 2})
+      for (bool causal : {false, true}) {
+        const std::string tail = "/D:64/L:" + std::to_string(Lt) + "/causal:" + std::to_string(causal ? 1 : 0) +
+                                 "/threads:" + std::to_string(threads) + "/tokmix";
+        const index_t Ht = Lt <= 4096 ? 4 : 1;
+        reg("topk_attention/k:dense" + tail, bm_dense, D, Lt, Ht, causal, threads);
+        reg("topk_attention/k:64" + tail, bm_topk, D, Lt, Ht, index_t(64), causal, threads);
+      }
   return true;
 }();
 

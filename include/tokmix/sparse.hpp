@@ -5,3 +5,4 @@
 #include "tokmix/sparse/block_layout.hpp"
 #include "tokmix/sparse/block_sparse.hpp"
 #include "tokmix/sparse/dilated.hpp"
+#include "tokmix/sparse/topk.hpp"

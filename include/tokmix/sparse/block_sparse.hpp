@@ -151,27 +151,6 @@ void block_sparse_kernel(Arch, const tensor_view<const TQ, 4>& q, const tensor_v
   });
 }
 
-// Disjoint, sorted union of the row's structured intervals ([lo, hi] and the sinks).
-inline index_t row_intervals(const attention_row_bounds& r, flash::flash_key_range* out) {
-  const bool main = r.lo <= r.hi;
-  if (r.sink_end <= 0) {
-    if (!main) return 0;
-    out[0] = {r.lo, r.hi + 1};
-    return 1;
-  }
-  if (!main) {
-    out[0] = {0, r.sink_end};
-    return 1;
-  }
-  if (r.sink_end >= r.lo) {
-    out[0] = {0, std::max(r.sink_end, r.hi + 1)};
-    return 1;
-  }
-  out[0] = {0, r.sink_end};
-  out[1] = {r.lo, r.hi + 1};
-  return 2;
-}
-
 template <class OE>
 inline void store_row(const float* src, OE* dst, index_t n) {
   for (index_t e = 0; e < n; ++e) dst[e] = from_float<OE>(src[e]);

@@ -102,6 +102,27 @@ class row_interval_visibility {
   index_t lq_, lk_;
 };
 
+// Disjoint, sorted union of the row's structured intervals ([lo, hi] and the sinks).
+inline index_t row_intervals(const attention_row_bounds& r, flash::flash_key_range* out) {
+  const bool main = r.lo <= r.hi;
+  if (r.sink_end <= 0) {
+    if (!main) return 0;
+    out[0] = {r.lo, r.hi + 1};
+    return 1;
+  }
+  if (!main) {
+    out[0] = {0, r.sink_end};
+    return 1;
+  }
+  if (r.sink_end >= r.lo) {
+    out[0] = {0, std::max(r.sink_end, r.hi + 1)};
+    return 1;
+  }
+  out[0] = {0, r.sink_end};
+  out[1] = {r.lo, r.hi + 1};
+  return 2;
+}
+
 // The attention_params a gathered (position-remapped) problem may run with:
 // only the scale and softcap carry over; masks are expressed by the visibility.
 inline attention_params gathered_params(float scale, float softcap) {
