@@ -6,3 +6,4 @@
 #include "tokmix/sparse/block_sparse.hpp"
 #include "tokmix/sparse/dilated.hpp"
 #include "tokmix/sparse/topk.hpp"
+#include "tokmix/sparse/routing.hpp"
