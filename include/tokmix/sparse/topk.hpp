@@ -103,12 +103,29 @@ struct topk_candidates {
 
 // Keeps the k best of the n candidates (n >= k; ties: lower key first) in
 // [0, k), preserving their order (candidates arrive in key order, so the kept
-// ones stay sorted by key); returns the k-th best score. One nth_element on
-// plain floats (no comparator indirection) and one stable compaction.
+// ones stay sorted by key); returns the k-th best score t. t is found by
+// keeping the n - k + 1 smallest scores in a small sorted array when few are
+// dropped (the final cut, n = k plus a few: one pass, rare inserts), else by
+// one nth_element on plain floats; then one stable compaction.
 inline float topk_cut(float* s, std::int32_t* j, index_t n, index_t k, float* tmp) {
-  std::copy(s, s + n, tmp);
-  std::nth_element(tmp, tmp + (n - k), tmp + n);
-  const float t = tmp[n - k];
+  const index_t m = n - k + 1;  // t is the m-th smallest
+  float t;
+  if (m <= 8) {
+    float low[8];
+    index_t have = 0;
+    for (index_t a = 0; a < n; ++a) {
+      const float x = s[a];
+      if (have == m && !(x < low[m - 1])) continue;
+      index_t pos = have < m ? have++ : m - 1;
+      for (; pos > 0 && low[pos - 1] > x; --pos) low[pos] = low[pos - 1];
+      low[pos] = x;
+    }
+    t = low[m - 1];
+  } else {
+    std::copy(s, s + n, tmp);
+    std::nth_element(tmp, tmp + (n - k), tmp + n);
+    t = tmp[n - k];
+  }
   index_t above = 0;
   for (index_t a = 0; a < n; ++a) above += s[a] > t;
   index_t ties = k - above, w = 0;  // keys scoring exactly t that fit, lowest keys first
@@ -210,7 +227,8 @@ inline std::size_t topk_block_bytes(index_t d, index_t dv, index_t K, index_t sp
                   scratch_frame::bytes_for<float>(brp * 2 * K) + scratch_frame::bytes_for<std::int32_t>(brp * 2 * K) +
                   scratch_frame::bytes_for<float>(2 * K) + 2 * scratch_frame::bytes_for<float>(dv) +
                   3 * scratch_frame::bytes_for<float>(groups * brp) + scratch_frame::bytes_for<float>(NR) +
-                  scratch_frame::bytes_for<float>(topk_max_group * NR) + 20 * scratch_arena::alignment;
+                  scratch_frame::bytes_for<float>(topk_max_group * NR) + scratch_frame::bytes_for<index_t>(brp / NR) +
+                  21 * scratch_arena::alignment;
   if (pack_k) n += scratch_frame::bytes_for<float>(flash::block_k * d);
   if (widen_k) n += scratch_frame::bytes_for<float>(topk_max_group * d);
   return n;
@@ -294,9 +312,20 @@ void topk_query_block(const flash::flash_problem<TQ, TK, TV>& pr, const flash::f
       hi[c] = -1.f;  // padding columns see no key
     }
   }
-  std::fill(g1, g1 + groups * brp, ninf);
-  std::fill(g2, g2 + groups * brp, ninf);
-  std::fill(ga, ga + groups * brp, -1.f);
+  // Group statistics start empty; each panel visits its groups in increasing
+  // order, so a group is initialised on first touch (and skipped ones
+  // filled) instead of clearing 3 x groups x 128 floats up front.
+  index_t* fresh = frame.alloc<index_t>(panels);  // per panel: groups [0, fresh) are initialised
+  std::fill(fresh, fresh + panels, index_t(0));
+  auto clear_groups = [&](index_t pn, index_t g_end) {
+    for (index_t g = fresh[pn]; g < g_end; ++g) {
+      const index_t at = (pn * groups + g) * NR;
+      std::fill(g1 + at, g1 + at + NR, ninf);
+      std::fill(g2 + at, g2 + at + NR, ninf);
+      std::fill(ga + at, ga + at + NR, -1.f);
+    }
+    fresh[pn] = std::max(fresh[pn], g_end);
+  };
 
   const bool structured = vis.structured();
   const TK* kbase = pr.k + hk * pr.k_head;
@@ -337,6 +366,7 @@ void topk_query_block(const flash::flash_problem<TQ, TK, TV>& pr, const flash::f
         const index_t j0 = pk0 + r, g = (j0 - span.first) / G;
         const index_t r_end = std::min(pkt, r + (span.first + (g + 1) * G - j0));
         const index_t at = (pn * groups + g) * NR;
+        clear_groups(pn, g + 1);
         F m10 = F::load_aligned(g1 + at), m11 = F::load_aligned(g1 + at + W);
         F m20 = F::load_aligned(g2 + at), m21 = F::load_aligned(g2 + at + W);
         F a0 = F::load_aligned(ga + at), a1 = F::load_aligned(ga + at + W);
@@ -364,6 +394,8 @@ void topk_query_block(const flash::flash_problem<TQ, TK, TV>& pr, const flash::f
       }
     }
   }
+
+  for (index_t pn = 0; pn < panels; ++pn) clear_groups(pn, groups);
 
   // 2. The bound: per lane, bisect t in [min, max] of the finite m1, keeping
   // count(m1 >= t) >= k at the lower end.
