@@ -7,3 +7,4 @@
 #include "tokmix/sparse/dilated.hpp"
 #include "tokmix/sparse/topk.hpp"
 #include "tokmix/sparse/routing.hpp"
+#include "tokmix/sparse/linformer.hpp"
