@@ -6,6 +6,7 @@
 // 4 * D per pair (so a block-sparse GFLOPS is comparable with the dense one);
 // routing adds its clustering products (2 * D per token and centroid); top-k
 // counts the dense score product (2 * D per pair) plus 2 * D * k per query.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -112,6 +113,39 @@ void bm_topk(benchmark::State& state, index_t D, index_t L, index_t H, index_t k
                            threads);
 }
 
+// Routing attention with C ~ sqrt(L) balanced clusters (the O(L^1.5 D) setting):
+// FLOPs are the attended pairs (4 D each) plus the clustering products (2 D per
+// token and centroid, queries and keys).
+void bm_routing(benchmark::State& state, index_t D, index_t L, index_t H, bool causal, int threads) {
+  data d(L, H, D);
+  const index_t C = static_cast<index_t>(std::lround(std::sqrt(double(L))));
+  tokmix::routing_state st(H, C, D, 1);
+  tokmix::routing_params p;
+  p.assignment = tokmix::routing_assignment::balanced;
+  p.causal = causal;
+  if (threads > 1) p.policy = tokmix::exec_policy::threads(threads);
+  for (auto _ : state) {
+    tokmix::routing_attention(d.view(d.q), d.view(d.k), d.view(d.v), d.out(), st, p);
+    benchmark::DoNotOptimize(d.o.data());
+  }
+  // Attended pairs from the clusters actually formed.
+  std::vector<std::int32_t> qi(static_cast<std::size_t>(H * L)), ki(qi.size());
+  tokmix::routing_clusters(d.view(d.q), d.view(d.k), st, tokmix::tensor_view<std::int32_t, 3>(qi.data(), {1, H, L}),
+                           tokmix::tensor_view<std::int32_t, 3>(ki.data(), {1, H, L}), p.assignment);
+  double pairs = 0;
+  for (index_t h = 0; h < H; ++h) {
+    std::vector<std::vector<index_t>> keys(static_cast<std::size_t>(C));
+    for (index_t j = 0; j < L; ++j) keys[static_cast<std::size_t>(ki[static_cast<std::size_t>(h * L + j)])].push_back(j);
+    for (index_t i = 0; i < L; ++i) {
+      const auto& kl = keys[static_cast<std::size_t>(qi[static_cast<std::size_t>(h * L + i)])];
+      pairs += causal ? double(std::upper_bound(kl.begin(), kl.end(), i) - kl.begin()) : double(kl.size());
+    }
+  }
+  state.counters["clusters"] = double(C);
+  tokmix_bench::set_gflops(state, double(H) * (4.0 * double(D) * pairs + 2.0 * double(D) * double(C) * 2.0 * double(L)),
+                           threads);
+}
+
 const bool registered = [] {
   auto reg = [](const std::string& name, auto fn, auto... args) {
     return tokmix_bench::defaults(benchmark::RegisterBenchmark(name.c_str(), fn, args...));
@@ -136,6 +170,15 @@ const bool registered = [] {
         const index_t Ht = Lt <= 4096 ? 4 : 1;
         reg("topk_attention/k:dense" + tail, bm_dense, D, Lt, Ht, causal, threads);
         reg("topk_attention/k:64" + tail, bm_topk, D, Lt, Ht, index_t(64), causal, threads);
+      }
+  for (index_t Lr : {index_t(8192), index_t(16384), index_t(32768), index_t(65536)})
+    for (int threads : {1, 2})
+      for (bool causal : {false, true}) {
+        const std::string tail = "/D:64/L:" + std::to_string(Lr) + "/causal:" + std::to_string(causal ? 1 : 0) +
+                                 "/threads:" + std::to_string(threads) + "/tokmix";
+        auto* dense = reg("routing_attention/clusters:dense" + tail, bm_dense, D, Lr, index_t(1), causal, threads);
+        if (Lr >= 32768) dense->Iterations(1);
+        reg("routing_attention/clusters:sqrtL_balanced" + tail, bm_routing, D, Lr, index_t(1), causal, threads);
       }
   return true;
 }();

@@ -105,6 +105,8 @@ class routing_state {
       if (i + 1 < mu_.size()) mu_[i + 1] = static_cast<float>(r * std::sin(t));
     }
     for (index_t r = 0; r < heads * n_clusters; ++r) normalise(mu_.data() + r * head_dim, head_dim);
+    cp_ = (n_clusters + 15) / 16 * 16;
+    transpose();
   }
 
   index_t heads() const { return h_; }
@@ -119,6 +121,10 @@ class routing_state {
   // [heads, n_clusters, head_dim]
   tensor_view<const float, 3> centroids() const { return {mu_.data(), {h_, c_, d_}}; }
   const float* centroid(index_t h, index_t m) const { return mu_.data() + (h * c_ + m) * d_; }
+  // Head h's centroids transposed, [head_dim][padded_clusters()], zero padded
+  // (the layout the similarity kernel reads).
+  const float* centroids_t(index_t h) const { return mut_.data() + h * d_ * cp_; }
+  index_t padded_clusters() const { return cp_; }
 
   // Replaces the centroids (each row is normalised; zero rows are rejected).
   template <class C>
@@ -139,6 +145,7 @@ class routing_state {
         for (index_t e = 0; e < d_; ++e) dst[e] = c(h, m, e);
         normalise(dst, d_);
       }
+    transpose();
   }
 
   // One online k-means step (see the top of the file) with q: [B, Lq, heads, D]
@@ -158,6 +165,7 @@ class routing_state {
       for (index_t e = 0; e < d_; ++e) mu[e] = static_cast<float>(decay_ * double(mu[e]) + (1.0 - decay_) * s[e] * inv);
       normalise(mu, d_);
     }
+    transpose();
   }
 
  private:
@@ -172,42 +180,130 @@ class routing_state {
     for (index_t e = 0; e < n; ++e) x[e] = static_cast<float>(x[e] * inv);
   }
 
-  index_t h_, c_, d_;
+  void transpose() {
+    mut_.assign(static_cast<std::size_t>(h_ * d_ * cp_), 0.f);
+    for (index_t h = 0; h < h_; ++h)
+      for (index_t m = 0; m < c_; ++m)
+        for (index_t e = 0; e < d_; ++e) mut_[static_cast<std::size_t>((h * d_ + e) * cp_ + m)] = mu_[static_cast<std::size_t>((h * c_ + m) * d_ + e)];
+  }
+
+  index_t h_, c_, d_, cp_ = 0;
   float decay_;
-  std::vector<float> mu_;
+  std::vector<float> mu_, mut_;
 };
 
 namespace detail {
 namespace sparse {
 
+// One row to fp32; f32 rows by SIMD loads (a memmove call per 64-float row costs as much as the copy).
 template <class T>
 inline void row_to_f32(const T* src, float* dst, index_t n) {
-  if constexpr (std::is_same<T, float>::value) std::copy(src, src + n, dst);
-  else simd::convert(src, dst, n);
+  if constexpr (std::is_same<T, float>::value) {
+    using F = xsimd::batch<float, xsimd::default_arch>;
+    constexpr index_t W = F::size;
+    index_t e = 0;
+    for (; e + W <= n; e += W) F::load_unaligned(src + e).store_unaligned(dst + e);
+    for (; e < n; ++e) dst[e] = src[e];
+  } else {
+    simd::convert(src, dst, n);
+  }
 }
 
-constexpr index_t routing_chunk = 256;  // tokens per similarity product
+constexpr index_t routing_chunk = 64;  // tokens per similarity block (64 x D floats stay in L1)
 
-// Cluster ids of n tokens x_t = base + t * row (one head), for one head's
-// centroids mu [C, D]. sims of the best centroid over |x| go to best (for the
-// balanced order). Tokens with x = 0 go to cluster 0.
+// s[r][c] = x_r . mu_c for MR tokens and NB vectors of centroids: every
+// similarity is one FMA chain over the head dim in order, the same for any
+// tile shape, so a token gets the same cluster whatever its neighbours (prefill
+// chunks, one token in decode).
+template <class Arch, int MR, int NB>
+inline void routing_sims_tile(const float* x, index_t D, const float* mut, index_t cp, index_t c0, float* s) {
+  using F = xsimd::batch<float, Arch>;
+  constexpr index_t W = F::size;
+  F acc[MR][NB];
+  for (int r = 0; r < MR; ++r)
+    for (int q = 0; q < NB; ++q) acc[r][q] = F(0.f);
+  for (index_t e = 0; e < D; ++e) {
+    F b[NB];
+    for (int q = 0; q < NB; ++q) b[q] = F::load_unaligned(mut + e * cp + c0 + q * W);
+    for (int r = 0; r < MR; ++r) {
+      const F a(x[r * D + e]);
+      for (int q = 0; q < NB; ++q) acc[r][q] = xsimd::fma(a, b[q], acc[r][q]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int q = 0; q < NB; ++q) acc[r][q].store_unaligned(s + r * cp + c0 + q * W);
+}
+
+// sims [n][cp] of n fp32 tokens [n][D]. Column blocks outside, token groups
+// inside: a block of transposed centroids (D x 64 floats) stays in L1 while
+// every token passes.
+template <class Arch>
+inline void routing_sims(const float* x, index_t n, index_t D, const float* mut, index_t cp, float* sims) {
+  constexpr index_t W = xsimd::batch<float, Arch>::size;
+  constexpr int NB = W >= 16 ? 4 : 2;  // 4 x NB accumulators + NB loads + 1 broadcast fit the register file
+  auto rows = [&](auto nb, index_t c) {
+    constexpr int B = decltype(nb)::value;
+    index_t r = 0;
+    for (; r + 4 <= n; r += 4) routing_sims_tile<Arch, 4, B>(x + r * D, D, mut, cp, c, sims + r * cp);
+    switch (n - r) {
+      case 3: routing_sims_tile<Arch, 3, B>(x + r * D, D, mut, cp, c, sims + r * cp); break;
+      case 2: routing_sims_tile<Arch, 2, B>(x + r * D, D, mut, cp, c, sims + r * cp); break;
+      case 1: routing_sims_tile<Arch, 1, B>(x + r * D, D, mut, cp, c, sims + r * cp); break;
+      default: break;
+    }
+  };
+  index_t c = 0;
+  for (; c + NB * W <= cp; c += NB * W) rows(std::integral_constant<int, NB>{}, c);
+  for (; c < cp; c += W) rows(std::integral_constant<int, 1>{}, c);  // cp is a multiple of 16 >= W
+}
+
+// The first index of the largest of s[0, n).
+template <class Arch>
+inline index_t routing_argmax(const float* s, index_t n) {
+  using F = xsimd::batch<float, Arch>;
+  constexpr index_t W = F::size;
+  index_t c = 0, a = 0;
+  if (n >= W) {
+    alignas(64) float lane_idx[W];
+    for (index_t l = 0; l < W; ++l) lane_idx[l] = static_cast<float>(l);
+    F best = F::load_unaligned(s), bi = F::load_aligned(lane_idx);
+    F idx = bi;
+    for (c = W; c + W <= n; c += W) {
+      idx = idx + F(static_cast<float>(W));
+      const F x = F::load_unaligned(s + c);
+      const auto gt = x > best;  // strict: each lane keeps its first maximum
+      best = xsimd::select(gt, x, best);
+      bi = xsimd::select(gt, idx, bi);
+    }
+    alignas(64) float bv[W], biv[W];
+    best.store_aligned(bv);
+    bi.store_aligned(biv);
+    a = static_cast<index_t>(biv[0]);
+    for (index_t l = 1; l < W; ++l)
+      if (bv[l] > s[a] || (bv[l] == s[a] && static_cast<index_t>(biv[l]) < a)) a = static_cast<index_t>(biv[l]);
+  } else {
+    c = 1;
+  }
+  for (; c < n; ++c)
+    if (s[c] > s[a]) a = c;
+  return a;
+}
+
+// Cluster ids of n tokens x_t = base + t * row (one head) under head h's
+// centroids. best (nullable) gets the best similarity over |x| (the balanced
+// order). Ties go to the lower cluster; x = 0 goes to cluster 0.
+// xbuf: [routing_chunk][D], sims: [routing_chunk][cp].
 template <class T>
-void routing_nearest(const T* base, index_t row, index_t n, const float* mu, index_t C, index_t D, std::int32_t* ids,
+void routing_nearest(const T* base, index_t row, index_t n, const routing_state& st, index_t h, std::int32_t* ids,
                      float* best, float* xbuf, float* sims) {
+  const index_t C = st.n_clusters(), D = st.head_dim(), cp = st.padded_clusters();
   for (index_t t0 = 0; t0 < n; t0 += routing_chunk) {
     const index_t m = std::min(routing_chunk, n - t0);
     for (index_t t = 0; t < m; ++t) row_to_f32(base + (t0 + t) * row, xbuf + t * D, D);
-    // At most 8 rows per product: gemm_nt then computes every similarity as
-    // the same dot product whatever the chunking, so a token gets the same
-    // cluster in prefill and in decode (one token at a time).
-    for (index_t r = 0; r < m; r += simd::detail::gemm_nt_dot_rows_max)
-      simd::gemm_nt(std::min(simd::detail::gemm_nt_dot_rows_max, m - r), C, D, 1.f, xbuf + r * D, D, mu, D, 0.f,
-                    sims + r * C, C);
+    routing_sims<xsimd::default_arch>(xbuf, m, D, st.centroids_t(h), cp, sims);
     for (index_t t = 0; t < m; ++t) {
-      const float* s = sims + t * C;
-      index_t a = 0;
-      for (index_t c = 1; c < C; ++c)
-        if (s[c] > s[a]) a = c;
+      const float* s = sims + t * cp;
+      const index_t a = routing_argmax<xsimd::default_arch>(s, C);
       ids[t0 + t] = static_cast<std::int32_t>(a);
       if (best != nullptr) {
         const float nrm = std::sqrt(simd::dot(xbuf + t * D, xbuf + t * D, D));
@@ -217,39 +313,50 @@ void routing_nearest(const T* base, index_t row, index_t n, const float* mu, ind
   }
 }
 
+struct routing_rank {
+  float best;
+  std::int32_t t;
+};
+
 // Capacity-constrained assignment (see the top of the file). ids holds the
 // nearest clusters on entry and best their normalised similarity.
 template <class T>
-void routing_balance(const T* base, index_t row, index_t n, const float* mu, index_t C, index_t D, std::int32_t* ids,
-                     const float* best, index_t* order, index_t* count, float* xbuf, float* sims, index_t* prefs) {
+void routing_balance(const T* base, index_t row, index_t n, const routing_state& st, index_t h, std::int32_t* ids,
+                     const float* best, routing_rank* order, index_t* count, float* xbuf, float* sims) {
+  const index_t C = st.n_clusters(), D = st.head_dim(), cp = st.padded_clusters();
   const index_t cap = (n + C - 1) / C;
-  for (index_t t = 0; t < n; ++t) order[t] = t;
-  std::stable_sort(order, order + n, [&](index_t a, index_t b) { return best[a] > best[b]; });
+  for (index_t t = 0; t < n; ++t) order[t] = {best[t], static_cast<std::int32_t>(t)};
+  std::sort(order, order + n, [](const routing_rank& a, const routing_rank& b) {
+    return a.best > b.best || (a.best == b.best && a.t < b.t);
+  });
   std::fill(count, count + C, index_t(0));
   index_t w = 0;  // overflowing tokens compacted at the front of order, in order
   for (index_t r = 0; r < n; ++r) {
-    const index_t t = order[r];
+    const std::int32_t t = order[r].t;
     if (count[ids[t]] < cap) ++count[ids[t]];
-    else order[w++] = t;
+    else order[w++].t = t;
   }
-  for (index_t r = 0; r < w; ++r) {
-    const index_t t = order[r];
-    row_to_f32(base + t * row, xbuf, D);
-    simd::gemm_nt(1, C, D, 1.f, xbuf, D, mu, D, 0.f, sims, C);
-    for (index_t c = 0; c < C; ++c) prefs[c] = c;
-    std::stable_sort(prefs, prefs + C, [&](index_t a, index_t b) { return sims[a] > sims[b]; });
-    for (index_t c = 0; c < C; ++c)
-      if (count[prefs[c]] < cap) {
-        ids[t] = static_cast<std::int32_t>(prefs[c]);
-        ++count[prefs[c]];
-        break;
-      }
+  // Overflowing tokens, in order, to their most similar cluster with room
+  // (ties: lower cluster); similarities a chunk at a time.
+  for (index_t r0 = 0; r0 < w; r0 += routing_chunk) {
+    const index_t m = std::min(routing_chunk, w - r0);
+    for (index_t r = 0; r < m; ++r) row_to_f32(base + order[r0 + r].t * row, xbuf + r * D, D);
+    routing_sims<xsimd::default_arch>(xbuf, m, D, st.centroids_t(h), cp, sims);
+    for (index_t r = 0; r < m; ++r) {
+      const float* sr = sims + r * cp;
+      index_t pick = -1;
+      for (index_t c = 0; c < C; ++c)
+        if (count[c] < cap && (pick < 0 || sr[c] > sr[pick])) pick = c;
+      ids[order[r0 + r].t] = static_cast<std::int32_t>(pick);
+      ++count[pick];
+    }
   }
 }
 
 inline std::size_t routing_assign_bytes(index_t n, index_t C, index_t D) {
-  return scratch_frame::bytes_for<float>(routing_chunk * D) + scratch_frame::bytes_for<float>(routing_chunk * C) +
-         scratch_frame::bytes_for<float>(n) + scratch_frame::bytes_for<index_t>(n) +
+  const index_t cp = (C + 15) / 16 * 16;
+  return scratch_frame::bytes_for<float>(routing_chunk * D) + scratch_frame::bytes_for<float>(routing_chunk * cp) +
+         scratch_frame::bytes_for<float>(n) + scratch_frame::bytes_for<routing_rank>(n) +
          2 * scratch_frame::bytes_for<index_t>(C) + 6 * scratch_arena::alignment;
 }
 
@@ -266,25 +373,22 @@ void routing_assign_all(const tensor_view<const TQ, 4>& q, const tensor_view<con
     if (n == 0) return;
     scratch_frame frame(routing_assign_bytes(n, C, D));
     float* xbuf = frame.alloc<float>(routing_chunk * D);
-    float* sims = frame.alloc<float>(routing_chunk * C);
+    float* sims = frame.alloc<float>(routing_chunk * st.padded_clusters());
     float* best = bal ? frame.alloc<float>(n) : nullptr;
     std::int32_t* ids = (side == 0 ? qid + (b * Hq + h) * Lq : kid + (b * Hq + h) * Lk);
-    const float* mu = st.centroid(h, 0);
     if (side == 0) {
-      routing_nearest(q.ptr(b, 0, h), q.stride(1), n, mu, C, D, ids, best, xbuf, sims);
+      routing_nearest(q.ptr(b, 0, h), q.stride(1), n, st, h, ids, best, xbuf, sims);
       if (bal) {
-        index_t* order = frame.alloc<index_t>(n);
+        routing_rank* order = frame.alloc<routing_rank>(n);
         index_t* count = frame.alloc<index_t>(C);
-        index_t* prefs = frame.alloc<index_t>(C);
-        routing_balance(q.ptr(b, 0, h), q.stride(1), n, mu, C, D, ids, best, order, count, xbuf, sims, prefs);
+        routing_balance(q.ptr(b, 0, h), q.stride(1), n, st, h, ids, best, order, count, xbuf, sims);
       }
     } else {
-      routing_nearest(k.ptr(b, 0, h / group), k.stride(1), n, mu, C, D, ids, best, xbuf, sims);
+      routing_nearest(k.ptr(b, 0, h / group), k.stride(1), n, st, h, ids, best, xbuf, sims);
       if (bal) {
-        index_t* order = frame.alloc<index_t>(n);
+        routing_rank* order = frame.alloc<routing_rank>(n);
         index_t* count = frame.alloc<index_t>(C);
-        index_t* prefs = frame.alloc<index_t>(C);
-        routing_balance(k.ptr(b, 0, h / group), k.stride(1), n, mu, C, D, ids, best, order, count, xbuf, sims, prefs);
+        routing_balance(k.ptr(b, 0, h / group), k.stride(1), n, st, h, ids, best, order, count, xbuf, sims);
       }
     }
   });
@@ -389,7 +493,7 @@ void routing_kernel(Arch, const tensor_view<const TQ, 4>& q, const tensor_view<c
     for (index_t a0 = 0; a0 < nq; a0 += flash::block_q)
       flash::flash_query_block<Arch>(pr, sh, fp, vis, 0, a0, std::min(nq, a0 + flash::block_q));
     for (index_t a = 0; a < nq; ++a) {
-      std::copy(og + a * Dv, og + (a + 1) * Dv, o.ptr(b, qp[a], h));
+      row_to_f32(og + a * Dv, o.ptr(b, qp[a], h), Dv);
       if (lse.data() != nullptr) lse(b, h, qp[a]) = lg[a];
     }
   });
@@ -531,13 +635,12 @@ class routing_key_clusters {
     require_shape("k_new", k, {b_, -1, -1, st.head_dim()});
     require(k.dim(2) >= 1 && h_ % k.dim(2) == 0, "k_new", "kv heads dividing " + std::to_string(h_), k.dim(2));
     const index_t n = k.dim(1), group = h_ / k.dim(2), D = st.head_dim();
-    std::vector<float> x(static_cast<std::size_t>(D)), sims(static_cast<std::size_t>(c_));
+    std::vector<float> x(static_cast<std::size_t>(D)), sims(static_cast<std::size_t>(st.padded_clusters()));
     std::int32_t id = 0;
     for (index_t b = 0; b < b_; ++b)
       for (index_t h = 0; h < h_; ++h)
         for (index_t t = 0; t < n; ++t) {
-          detail::sparse::routing_nearest(k.ptr(b, t, h / group), 0, 1, st.centroid(h, 0), c_, D, &id, nullptr,
-                                          x.data(), sims.data());
+          detail::sparse::routing_nearest(k.ptr(b, t, h / group), 0, 1, st, h, &id, nullptr, x.data(), sims.data());
           lists_[static_cast<std::size_t>((b * h_ + h) * c_ + id)].push_back(static_cast<std::int32_t>(len_ + t));
         }
     len_ += n;
@@ -586,12 +689,12 @@ void routing_decode_run(Arch, const tensor_view<const QE, 4>& q, const kv_cache<
     const index_t i = item % n, h = (item / n) % Hq, b = item / (n * Hq), g = h / group;
     const index_t pos = len - n + i;
     scratch_frame frame(decode_rows_bytes(1, D, Dv) + scratch_frame::bytes_for<float>(D) +
-                        scratch_frame::bytes_for<float>(C) + 2 * scratch_arena::alignment);
+                        scratch_frame::bytes_for<float>(st.padded_clusters()) + 2 * scratch_arena::alignment);
     decode_rows<Arch, T> dr(frame, 1, D, Dv, cache.k_head(b, g), cache.v_head(b, g), p.softcap);
     float* x = frame.alloc<float>(D);
-    float* sims = frame.alloc<float>(C);
+    float* sims = frame.alloc<float>(st.padded_clusters());
     std::int32_t best = 0;
-    routing_nearest(q.ptr(b, i, h), 0, 1, st.centroid(h, 0), C, D, &best, nullptr, x, sims);
+    routing_nearest(q.ptr(b, i, h), 0, 1, st, h, &best, nullptr, x, sims);
     float* qr = dr.q_row(0);
     for (index_t e = 0; e < D; ++e) qr[e] = scale * x[e];  // x: q as fp32 (routing_nearest widened it)
     const auto& keys = kc.keys(b, h, best);
