@@ -8,3 +8,4 @@
 #include "tokmix/sparse/topk.hpp"
 #include "tokmix/sparse/routing.hpp"
 #include "tokmix/sparse/linformer.hpp"
+#include "tokmix/sparse/nystrom.hpp"
