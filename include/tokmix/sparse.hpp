@@ -7,5 +7,6 @@
 #include "tokmix/sparse/dilated.hpp"
 #include "tokmix/sparse/topk.hpp"
 #include "tokmix/sparse/routing.hpp"
+#include "tokmix/sparse/probsparse.hpp"
 #include "tokmix/sparse/linformer.hpp"
 #include "tokmix/sparse/nystrom.hpp"
