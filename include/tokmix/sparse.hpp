@@ -10,3 +10,4 @@
 #include "tokmix/sparse/probsparse.hpp"
 #include "tokmix/sparse/linformer.hpp"
 #include "tokmix/sparse/nystrom.hpp"
+#include "tokmix/sparse/inducing.hpp"
