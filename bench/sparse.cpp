@@ -146,6 +146,42 @@ void bm_routing(benchmark::State& state, index_t D, index_t L, index_t H, bool c
                            threads);
 }
 
+// Dilated sliding window (dilation 4, 128 keys each side along the class = 512 tokens span each way).
+void bm_dilated(benchmark::State& state, index_t D, index_t L, index_t H, index_t dilation, bool causal, int threads) {
+  data d(L, H, D);
+  tokmix::dilated_attention_params p;
+  p.dilation = dilation;
+  p.window_left = 128;
+  p.window_right = causal ? 0 : 128;
+  p.causal = causal;
+  if (threads > 1) p.policy = tokmix::exec_policy::threads(threads);
+  for (auto _ : state) {
+    tokmix::dilated_attention(d.view(d.q), d.view(d.k), d.view(d.v), d.out(), p);
+    benchmark::DoNotOptimize(d.o.data());
+  }
+  double pairs = 0;
+  for (index_t i = 0; i < L; ++i) {
+    const index_t back = std::min<index_t>(128, i / dilation), ahead = causal ? 0 : std::min<index_t>(128, (L - 1 - i) / dilation);
+    pairs += double(back + ahead + 1);
+  }
+  tokmix_bench::set_gflops(state, 4.0 * double(H) * double(D) * pairs, threads);
+}
+
+// ProbSparse with Informer's factor 5: u = 5 ceil(ln L) exact rows, the rest means.
+void bm_probsparse(benchmark::State& state, index_t D, index_t L, index_t H, bool causal, int threads) {
+  data d(L, H, D);
+  tokmix::probsparse_params p;
+  p.causal = causal;
+  if (threads > 1) p.policy = tokmix::exec_policy::threads(threads);
+  for (auto _ : state) {
+    tokmix::probsparse_attention(d.view(d.q), d.view(d.k), d.view(d.v), d.out(), p);
+    benchmark::DoNotOptimize(d.o.data());
+  }
+  const double u = double(tokmix::probsparse_budget(5, L)), ns = double(tokmix::probsparse_budget(5, L));
+  const double pairs = causal ? u * double(L) / 2 : u * double(L);
+  tokmix_bench::set_gflops(state, double(H) * (4.0 * double(D) * pairs + 2.0 * double(D) * ns * double(L)), threads);
+}
+
 const bool registered = [] {
   auto reg = [](const std::string& name, auto fn, auto... args) {
     return tokmix_bench::defaults(benchmark::RegisterBenchmark(name.c_str(), fn, args...));
@@ -180,6 +216,12 @@ const bool registered = [] {
         if (Lr >= 32768) dense->Iterations(1);
         reg("routing_attention/clusters:sqrtL_balanced" + tail, bm_routing, D, Lr, index_t(1), causal, threads);
       }
+  for (int threads : {1, 2})
+    for (bool causal : {false, true}) {
+      const std::string tail = "/causal:" + std::to_string(causal ? 1 : 0) + "/threads:" + std::to_string(threads) + "/tokmix";
+      reg("dilated_attention/D:64/L:16384/dilation:4/w:128" + tail, bm_dilated, D, L, H, index_t(4), causal, threads);
+      reg("probsparse_attention/D:64/L:16384/factor:5" + tail, bm_probsparse, D, L, H, causal, threads);
+    }
   return true;
 }();
 
