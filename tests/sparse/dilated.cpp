@@ -204,3 +204,22 @@ TEST_CASE("dilated: bad parameters throw and write nothing", "[sparse][dilated]"
   CHECK_THROWS_WITH(tokmix::dilated_attention(pr.qv(), k_bad, pr.vv(), r.ov(pr), r.lv(pr), p), Catch::Contains("v"));
   CHECK(r.untouched());
 }
+
+TEST_CASE("dilated: fp16 and bf16 inputs equal the float path on the rounded values", "[sparse][dilated]") {
+  const problem pr({1, 150, 150, 2, 1, 32, 32}, 37);
+  const std::vector<std::int32_t> g = {0, 70};
+  tokmix::dilated_attention_params p;
+  p.dilation = 3;
+  p.window_left = 10;
+  p.causal = true;
+  p.global_positions = tensor_view<const std::int32_t, 1>(g.data(), {2});
+  const rounded_copy<Eigen::half> h(pr);
+  const rounded_copy<Eigen::bfloat16> bf(pr);
+  result a(pr), b(pr), c(pr), d(pr);
+  tokmix::dilated_attention(h.qv(), h.kv(), h.vv(), a.ov(pr), a.lv(pr), p);
+  tokmix::dilated_attention(h.exact.qv(), h.exact.kv(), h.exact.vv(), b.ov(pr), b.lv(pr), p);
+  tokmix::dilated_attention(bf.qv(), bf.kv(), bf.vv(), c.ov(pr), c.lv(pr), p);
+  tokmix::dilated_attention(bf.exact.qv(), bf.exact.kv(), bf.exact.vv(), d.ov(pr), d.lv(pr), p);
+  TOKMIX_REQUIRE_CLOSE(a.o.data(), b.o.data(), a.o.size(), 1e-6, 1e-5);
+  TOKMIX_REQUIRE_CLOSE(c.o.data(), d.o.data(), c.o.size(), 1e-6, 1e-5);
+}

@@ -169,3 +169,18 @@ TEST_CASE("probsparse: bad parameters throw and write nothing", "[sparse][probsp
   CHECK(r.untouched());
   for (std::int32_t x : act) CHECK(x == 5);
 }
+
+TEST_CASE("probsparse: fp16 and bf16 inputs equal the float path on the rounded values", "[sparse][probsparse]") {
+  const problem pr({1, 200, 200, 2, 1, 32, 32}, 43, 2.f);
+  tokmix::probsparse_params p;
+  p.causal = true;
+  const rounded_copy<Eigen::half> h(pr);
+  const rounded_copy<Eigen::bfloat16> bf(pr);
+  result a(pr), b(pr), c(pr), d(pr);
+  tokmix::probsparse_attention(h.qv(), h.kv(), h.vv(), a.ov(pr), p);
+  tokmix::probsparse_attention(h.exact.qv(), h.exact.kv(), h.exact.vv(), b.ov(pr), p);
+  tokmix::probsparse_attention(bf.qv(), bf.kv(), bf.vv(), c.ov(pr), p);
+  tokmix::probsparse_attention(bf.exact.qv(), bf.exact.kv(), bf.exact.vv(), d.ov(pr), p);
+  TOKMIX_REQUIRE_CLOSE(a.o.data(), b.o.data(), a.o.size(), 1e-6, 1e-5);
+  TOKMIX_REQUIRE_CLOSE(c.o.data(), d.o.data(), c.o.size(), 1e-6, 1e-5);
+}

@@ -126,3 +126,32 @@ struct result {
 
 }  // namespace sparse_ref
 }  // namespace tokmix_test
+
+namespace tokmix_test {
+namespace sparse_ref {
+
+// The problem's q/k/v stored as T (fp16/bf16), and the problem holding the rounded values.
+template <class T>
+struct rounded_copy {
+  std::vector<T> q, k, v;
+  problem exact;  // same shape, values rounded through T
+  explicit rounded_copy(const problem& pr) : exact(pr) {
+    auto conv = [](const float* src, std::size_t n, std::vector<T>& dst, float* back) {
+      dst.resize(n);
+      for (std::size_t i = 0; i < n; ++i) {
+        dst[i] = T(src[i]);
+        back[i] = float(dst[i]);
+      }
+    };
+    const shape& s = pr.s;
+    conv(pr.q.data(), static_cast<std::size_t>(s.B * s.Lq * s.Hq * s.D), q, exact.q.data());
+    conv(pr.k.data(), static_cast<std::size_t>(s.B * s.Lk * s.Hkv * s.D), k, exact.k.data());
+    conv(pr.v.data(), static_cast<std::size_t>(s.B * s.Lk * s.Hkv * s.Dv), v, exact.v.data());
+  }
+  tensor_view<const T, 4> qv() const { return {q.data(), {exact.s.B, exact.s.Lq, exact.s.Hq, exact.s.D}}; }
+  tensor_view<const T, 4> kv() const { return {k.data(), {exact.s.B, exact.s.Lk, exact.s.Hkv, exact.s.D}}; }
+  tensor_view<const T, 4> vv() const { return {v.data(), {exact.s.B, exact.s.Lk, exact.s.Hkv, exact.s.Dv}}; }
+};
+
+}  // namespace sparse_ref
+}  // namespace tokmix_test

@@ -285,3 +285,20 @@ TEST_CASE("routing: bad inputs throw and write nothing", "[sparse][routing]") {
                     Catch::Contains("nearest"));
   for (float x : o) CHECK(x == 7.f);
 }
+
+TEST_CASE("routing: fp16 and bf16 inputs equal the float path on the rounded values", "[sparse][routing]") {
+  const problem pr({1, 200, 200, 2, 1, 32, 32}, 41);
+  tokmix::routing_state st(2, 4, 32, 9);
+  tokmix::routing_params p;
+  p.causal = true;
+  p.assignment = tokmix::routing_assignment::balanced;
+  const rounded_copy<Eigen::half> h(pr);
+  const rounded_copy<Eigen::bfloat16> bf(pr);
+  result a(pr), b(pr), c(pr), d(pr);
+  tokmix::routing_attention(h.qv(), h.kv(), h.vv(), a.ov(pr), a.lv(pr), st, p);
+  tokmix::routing_attention(h.exact.qv(), h.exact.kv(), h.exact.vv(), b.ov(pr), b.lv(pr), st, p);
+  tokmix::routing_attention(bf.qv(), bf.kv(), bf.vv(), c.ov(pr), c.lv(pr), st, p);
+  tokmix::routing_attention(bf.exact.qv(), bf.exact.kv(), bf.exact.vv(), d.ov(pr), d.lv(pr), st, p);
+  TOKMIX_REQUIRE_CLOSE(a.o.data(), b.o.data(), a.o.size(), 1e-6, 1e-5);
+  TOKMIX_REQUIRE_CLOSE(c.o.data(), d.o.data(), c.o.size(), 1e-6, 1e-5);
+}
