@@ -167,12 +167,14 @@ TEST_CASE("nystrom: error against exact softmax shrinks as the landmarks grow", 
       }
   const output exact = masked_attention(pr, [](index_t, index_t, index_t, index_t) { return true; });
   double prev = std::numeric_limits<double>::infinity();
-  const index_t ms[] = {4, 12, 32};
-  const double bound[] = {0.03, 0.01, 0.005};  // measured 0.020, 0.0067, 0.0034
-  for (int t = 0; t < 3; ++t) {
+  // The paper's 6 pseudoinverse iterations: the error falls with m until the
+  // unconverged pseudoinverse dominates (about 0.01 here). More iterations
+  // amplify fp32 rounding on this ill-conditioned A, so they are not used here.
+  const index_t ms[] = {4, 8, 16, 48};
+  const double bound[] = {0.025, 0.016, 0.014, 0.013};  // measured 0.0179, 0.0114, 0.0103, 0.0096
+  for (int t = 0; t < 4; ++t) {
     tokmix::nystrom_params p;
     p.landmarks = ms[t];
-    p.pinv_iterations = 30;
     result r(pr, NAN);
     tokmix::nystrom_attention(pr.qv(), pr.kv(), pr.vv(), r.ov(pr), p);
     const double err = max_abs_diff(r.o, exact.o);
@@ -182,7 +184,8 @@ TEST_CASE("nystrom: error against exact softmax shrinks as the landmarks grow", 
     prev = err;
   }
   // m = L on unstructured, peaked scores: the landmarks are the tokens, F = A = B
-  // is the full softmax matrix S, and S pinv(S) S V = S V.
+  // is the full softmax matrix S (well conditioned here, so 30 iterations
+  // converge), and S pinv(S) S V = S V.
   const problem pk({1, 64, 64, 2, 1, 16, 16}, 78, 4.f);
   const output full = masked_attention(pk, [](index_t, index_t, index_t, index_t) { return true; });
   tokmix::nystrom_params p;
