@@ -236,10 +236,24 @@ inline void transform_panel(float* s, index_t nr, index_t kt, index_t k0, index_
   }
 }
 
+// Keys [begin, end) of one problem (a hook for sparse attention, see flash_query_block).
+struct flash_key_range {
+  index_t begin, end;
+};
+
 // One query block [q0, q1) of query head h of problem `pr`.
-template <class Arch, class TQ, class TK, class TV>
+//
+// Hooks for the sparse family (tokmix/sparse/), both free for dense callers:
+// - `vis` is attention_visibility or any type with the same members
+//   (structured, row, classify, key_span, offset) describing per-row key
+//   intervals, e.g. rows gathered from a cluster whose causal bound varies;
+// - `ranges` (nullable, sorted, disjoint): visit only these key ranges (the
+//   visible key blocks of a block-sparse layout), each still clipped to the
+//   block's key span and classified by `vis`; nullptr means the whole span.
+template <class Arch, class TQ, class TK, class TV, class Vis>
 void flash_query_block(const flash_problem<TQ, TK, TV>& pr, const flash_shape& sh, const attention_params& p,
-                       const attention_visibility& vis, index_t h, index_t q0, index_t q1) {
+                       const Vis& vis, index_t h, index_t q0, index_t q1, const flash_key_range* ranges = nullptr,
+                       index_t n_ranges = 0) {
   using F = fb<Arch>;
   constexpr index_t W = F::size;
   constexpr index_t NR = 2 * W;
@@ -302,128 +316,134 @@ void flash_query_block(const flash_problem<TQ, TK, TV>& pr, const flash_shape& s
   const auto span = vis.key_span(q0, q1);
   const TK* kbase = pr.k + hk * pr.k_head;
   const TV* vbase = pr.v + hk * pr.v_head;
-  for (index_t k0 = span.first; k0 < span.second; k0 += block_k) {
-    const index_t k1 = std::min(k0 + block_k, span.second);
-    const index_t kt = k1 - k0;
-    const tile_visibility tv = structured ? vis.classify(q0, q1, k0, k1) : tile_visibility::full;
-    if (tv == tile_visibility::hidden) continue;
-    const float* kt_ptr = nullptr;
-    index_t ldk = d;
-    if (pack_k) {
-      for (index_t r = 0; r < kt; ++r) widen(kbase + (k0 + r) * pr.k_row, kbuf + r * d, d);
-      kt_ptr = kbuf;
-      ldk = d;
-    } else if constexpr (!widen_k) {
-      kt_ptr = kbase + k0 * pr.k_row;
-      ldk = pr.k_row;
-    }
-    const float* vt_ptr = nullptr;
-    index_t ldv = dv;
-    if (pack_v) {
-      for (index_t r = 0; r < kt; ++r) widen(vbase + (k0 + r) * pr.v_row, vbuf + r * dv, dv);
-      vt_ptr = vbuf;
-      ldv = dv;
-    } else if constexpr (!widen_v) {
-      vt_ptr = vbase + k0 * pr.v_row;
-      ldv = pr.v_row;
-    }
+  const flash_key_range whole{span.first, span.second};
+  const flash_key_range* rs = ranges != nullptr ? ranges : &whole;
+  const index_t n_rs = ranges != nullptr ? n_ranges : 1;
+  for (index_t ri = 0; ri < n_rs; ++ri) {
+    const index_t r_end = std::min(rs[ri].end, span.second);
+    for (index_t k0 = std::max(rs[ri].begin, span.first); k0 < r_end; k0 += block_k) {
+      const index_t k1 = std::min(k0 + block_k, r_end);
+      const index_t kt = k1 - k0;
+      const tile_visibility tv = structured ? vis.classify(q0, q1, k0, k1) : tile_visibility::full;
+      if (tv == tile_visibility::hidden) continue;
+      const float* kt_ptr = nullptr;
+      index_t ldk = d;
+      if (pack_k) {
+        for (index_t r = 0; r < kt; ++r) widen(kbase + (k0 + r) * pr.k_row, kbuf + r * d, d);
+        kt_ptr = kbuf;
+        ldk = d;
+      } else if constexpr (!widen_k) {
+        kt_ptr = kbase + k0 * pr.k_row;
+        ldk = pr.k_row;
+      }
+      const float* vt_ptr = nullptr;
+      index_t ldv = dv;
+      if (pack_v) {
+        for (index_t r = 0; r < kt; ++r) widen(vbase + (k0 + r) * pr.v_row, vbuf + r * dv, dv);
+        vt_ptr = vbuf;
+        ldv = dv;
+      } else if constexpr (!widen_v) {
+        vt_ptr = vbase + k0 * pr.v_row;
+        ldv = pr.v_row;
+      }
 
-    for (index_t pn = 0; pn < panels; ++pn) {
-      const index_t c0 = pn * NR;
-      // Within a partial tile each panel only visits the keys its own rows can
-      // see (on a causal diagonal that skips ~3/8 of the tile) and is
-      // reclassified, so most panels of a diagonal tile need no mask work.
-      index_t pk0 = k0, pk1 = k1;
-      tile_visibility ptv = tv;
-      if (tv == tile_visibility::partial) {
-        const index_t i0 = q0 + c0, i1 = std::min(q1, i0 + NR);
-        const auto ps = vis.key_span(i0, i1);
-        pk0 = std::max(k0, ps.first);
-        pk1 = std::min(k1, ps.second);
-        if (pk0 >= pk1) continue;
-        ptv = vis.classify(i0, i1, pk0, pk1);
-        if (ptv == tile_visibility::hidden) continue;
+      for (index_t pn = 0; pn < panels; ++pn) {
+        const index_t c0 = pn * NR;
+        // Within a partial tile each panel only visits the keys its own rows can
+        // see (on a causal diagonal that skips ~3/8 of the tile) and is
+        // reclassified, so most panels of a diagonal tile need no mask work.
+        index_t pk0 = k0, pk1 = k1;
+        tile_visibility ptv = tv;
+        if (tv == tile_visibility::partial) {
+          const index_t i0 = q0 + c0, i1 = std::min(q1, i0 + NR);
+          const auto ps = vis.key_span(i0, i1);
+          pk0 = std::max(k0, ps.first);
+          pk1 = std::min(k1, ps.second);
+          if (pk0 >= pk1) continue;
+          ptv = vis.classify(i0, i1, pk0, pk1);
+          if (ptv == tile_visibility::hidden) continue;
+        }
+        const index_t pkt = pk1 - pk0;
+        const float* pk_ptr = kt_ptr + (pk0 - k0) * ldk;
+        const float* pv_ptr = vt_ptr + (pk0 - k0) * ldv;
+        // S^T = K_tile Q^T_panel.
+        panel_product<false, false, Arch>(pkt, d, pk_ptr, ldk, qp + pn * d * NR, sp, nullptr);
+        if (transforms || data_masks)
+          transform_panel(sp, NR, pkt, pk0, q0 + c0, std::min(NR, nq - c0), p, vis.offset(), pr.batch_index, h,
+                          transforms, data_masks);
+        if (ptv == tile_visibility::partial) {
+          const F lo0 = F::load_aligned(lo + c0), lo1 = F::load_aligned(lo + c0 + W);
+          const F hi0 = F::load_aligned(hi + c0), hi1 = F::load_aligned(hi + c0 + W);
+          const F se0 = F::load_aligned(se + c0), se1 = F::load_aligned(se + c0 + W);
+          for (index_t r = 0; r < pkt; ++r) {
+            const F j(static_cast<float>(pk0 + r));
+            float* row = sp + r * NR;
+            const auto v0 = ((j >= lo0) && (j <= hi0)) || (j < se0);
+            const auto v1 = ((j >= lo1) && (j <= hi1)) || (j < se1);
+            xsimd::select(v0, F::load_aligned(row), F(ninf)).store_aligned(row);
+            xsimd::select(v1, F::load_aligned(row + W), F(ninf)).store_aligned(row + W);
+          }
+        }
+        // Online softmax down the columns.
+        F mx0 = F::load_aligned(m + c0), mx1 = F::load_aligned(m + c0 + W);
+        const F mold0 = mx0, mold1 = mx1;
+        {
+          F a0 = F(ninf), a1 = F(ninf), b0 = F(ninf), b1 = F(ninf);
+          index_t r = 0;
+          for (; r + 2 <= pkt; r += 2) {
+            a0 = xsimd::max(a0, F::load_aligned(sp + r * NR));
+            a1 = xsimd::max(a1, F::load_aligned(sp + r * NR + W));
+            b0 = xsimd::max(b0, F::load_aligned(sp + (r + 1) * NR));
+            b1 = xsimd::max(b1, F::load_aligned(sp + (r + 1) * NR + W));
+          }
+          if (r < pkt) {
+            a0 = xsimd::max(a0, F::load_aligned(sp + r * NR));
+            a1 = xsimd::max(a1, F::load_aligned(sp + r * NR + W));
+          }
+          mx0 = xsimd::max(mx0, xsimd::max(a0, b0));
+          mx1 = xsimd::max(mx1, xsimd::max(a1, b1));
+        }
+        // A column that has seen only -inf keeps m = -inf; subtract 0 there so exp2 gives 0, not NaN.
+        const F mu0 = xsimd::select(mx0 == F(ninf), F(0.f), mx0);
+        const F mu1 = xsimd::select(mx1 == F(ninf), F(0.f), mx1);
+        const F al0 = exp2_nonpositive<Arch>(mold0 - mu0), al1 = exp2_nonpositive<Arch>(mold1 - mu1);
+        F s0 = F(0.f), s1 = F(0.f), t0 = F(0.f), t1 = F(0.f);
+        {
+          index_t r = 0;
+          for (; r + 2 <= pkt; r += 2) {
+            float* row = sp + r * NR;
+            const F p0 = exp2_nonpositive<Arch>(F::load_aligned(row) - mu0);
+            const F p1 = exp2_nonpositive<Arch>(F::load_aligned(row + W) - mu1);
+            const F p2 = exp2_nonpositive<Arch>(F::load_aligned(row + NR) - mu0);
+            const F p3 = exp2_nonpositive<Arch>(F::load_aligned(row + NR + W) - mu1);
+            p0.store_aligned(row);
+            p1.store_aligned(row + W);
+            p2.store_aligned(row + NR);
+            p3.store_aligned(row + NR + W);
+            s0 += p0;
+            s1 += p1;
+            t0 += p2;
+            t1 += p3;
+          }
+          if (r < pkt) {
+            float* row = sp + r * NR;
+            const F p0 = exp2_nonpositive<Arch>(F::load_aligned(row) - mu0);
+            const F p1 = exp2_nonpositive<Arch>(F::load_aligned(row + W) - mu1);
+            p0.store_aligned(row);
+            p1.store_aligned(row + W);
+            s0 += p0;
+            s1 += p1;
+          }
+        }
+        xsimd::fma(F::load_aligned(l + c0), al0, s0 + t0).store_aligned(l + c0);
+        xsimd::fma(F::load_aligned(l + c0 + W), al1, s1 + t1).store_aligned(l + c0 + W);
+        mx0.store_aligned(m + c0);
+        mx1.store_aligned(m + c0 + W);
+        al0.store_aligned(alpha);
+        al1.store_aligned(alpha + W);
+        // O^T = alpha * O^T + V_tile^T P^T.
+        panel_product<true, true, Arch>(dv, pkt, pv_ptr, ldv, sp, op + pn * dv * NR, alpha);
       }
-      const index_t pkt = pk1 - pk0;
-      const float* pk_ptr = kt_ptr + (pk0 - k0) * ldk;
-      const float* pv_ptr = vt_ptr + (pk0 - k0) * ldv;
-      // S^T = K_tile Q^T_panel.
-      panel_product<false, false, Arch>(pkt, d, pk_ptr, ldk, qp + pn * d * NR, sp, nullptr);
-      if (transforms || data_masks)
-        transform_panel(sp, NR, pkt, pk0, q0 + c0, std::min(NR, nq - c0), p, vis.offset(), pr.batch_index, h,
-                        transforms, data_masks);
-      if (ptv == tile_visibility::partial) {
-        const F lo0 = F::load_aligned(lo + c0), lo1 = F::load_aligned(lo + c0 + W);
-        const F hi0 = F::load_aligned(hi + c0), hi1 = F::load_aligned(hi + c0 + W);
-        const F se0 = F::load_aligned(se + c0), se1 = F::load_aligned(se + c0 + W);
-        for (index_t r = 0; r < pkt; ++r) {
-          const F j(static_cast<float>(pk0 + r));
-          float* row = sp + r * NR;
-          const auto v0 = ((j >= lo0) && (j <= hi0)) || (j < se0);
-          const auto v1 = ((j >= lo1) && (j <= hi1)) || (j < se1);
-          xsimd::select(v0, F::load_aligned(row), F(ninf)).store_aligned(row);
-          xsimd::select(v1, F::load_aligned(row + W), F(ninf)).store_aligned(row + W);
-        }
-      }
-      // Online softmax down the columns.
-      F mx0 = F::load_aligned(m + c0), mx1 = F::load_aligned(m + c0 + W);
-      const F mold0 = mx0, mold1 = mx1;
-      {
-        F a0 = F(ninf), a1 = F(ninf), b0 = F(ninf), b1 = F(ninf);
-        index_t r = 0;
-        for (; r + 2 <= pkt; r += 2) {
-          a0 = xsimd::max(a0, F::load_aligned(sp + r * NR));
-          a1 = xsimd::max(a1, F::load_aligned(sp + r * NR + W));
-          b0 = xsimd::max(b0, F::load_aligned(sp + (r + 1) * NR));
-          b1 = xsimd::max(b1, F::load_aligned(sp + (r + 1) * NR + W));
-        }
-        if (r < pkt) {
-          a0 = xsimd::max(a0, F::load_aligned(sp + r * NR));
-          a1 = xsimd::max(a1, F::load_aligned(sp + r * NR + W));
-        }
-        mx0 = xsimd::max(mx0, xsimd::max(a0, b0));
-        mx1 = xsimd::max(mx1, xsimd::max(a1, b1));
-      }
-      // A column that has seen only -inf keeps m = -inf; subtract 0 there so exp2 gives 0, not NaN.
-      const F mu0 = xsimd::select(mx0 == F(ninf), F(0.f), mx0);
-      const F mu1 = xsimd::select(mx1 == F(ninf), F(0.f), mx1);
-      const F al0 = exp2_nonpositive<Arch>(mold0 - mu0), al1 = exp2_nonpositive<Arch>(mold1 - mu1);
-      F s0 = F(0.f), s1 = F(0.f), t0 = F(0.f), t1 = F(0.f);
-      {
-        index_t r = 0;
-        for (; r + 2 <= pkt; r += 2) {
-          float* row = sp + r * NR;
-          const F p0 = exp2_nonpositive<Arch>(F::load_aligned(row) - mu0);
-          const F p1 = exp2_nonpositive<Arch>(F::load_aligned(row + W) - mu1);
-          const F p2 = exp2_nonpositive<Arch>(F::load_aligned(row + NR) - mu0);
-          const F p3 = exp2_nonpositive<Arch>(F::load_aligned(row + NR + W) - mu1);
-          p0.store_aligned(row);
-          p1.store_aligned(row + W);
-          p2.store_aligned(row + NR);
-          p3.store_aligned(row + NR + W);
-          s0 += p0;
-          s1 += p1;
-          t0 += p2;
-          t1 += p3;
-        }
-        if (r < pkt) {
-          float* row = sp + r * NR;
-          const F p0 = exp2_nonpositive<Arch>(F::load_aligned(row) - mu0);
-          const F p1 = exp2_nonpositive<Arch>(F::load_aligned(row + W) - mu1);
-          p0.store_aligned(row);
-          p1.store_aligned(row + W);
-          s0 += p0;
-          s1 += p1;
-        }
-      }
-      xsimd::fma(F::load_aligned(l + c0), al0, s0 + t0).store_aligned(l + c0);
-      xsimd::fma(F::load_aligned(l + c0 + W), al1, s1 + t1).store_aligned(l + c0 + W);
-      mx0.store_aligned(m + c0);
-      mx1.store_aligned(m + c0 + W);
-      al0.store_aligned(alpha);
-      al1.store_aligned(alpha + W);
-      // O^T = alpha * O^T + V_tile^T P^T.
-      panel_product<true, true, Arch>(dv, pkt, pv_ptr, ldv, sp, op + pn * dv * NR, alpha);
     }
   }
 
