@@ -7,5 +7,6 @@
 #include "tokmix/attention.hpp"
 #include "tokmix/linear.hpp"
 #include "tokmix/ssm.hpp"
+#include "tokmix/sparse.hpp"
 #include "tokmix/blocks.hpp"
 #include "tokmix/io.hpp"

@@ -24,6 +24,8 @@ TEST_CASE("umbrella header exposes every family", "[umbrella]") {
   CHECK(sizeof(tokmix::linear_weights) > 0);
   CHECK(sizeof(tokmix::named_tensors) > 0);
   CHECK(sizeof(tokmix::hybrid_stack_config) > 0);
+  CHECK(sizeof(tokmix::block_layout) > 0);
+  CHECK(sizeof(tokmix::routing_params) > 0);
   CHECK(sizeof(tokmix::mamba2_layer_config) > 0);
   CHECK(sizeof(tokmix::mlp_config) > 0);
 }
