@@ -185,6 +185,17 @@ const bool registered = [] {
           bm_window, index_t(64), L, index_t(4), index_t(512), threads);
   reg("attention_prefill_long/D:64/L:65536/H:1/causal:1/threads:2/tokmix", bm_long, index_t(64), index_t(65536), 2)
       ->Iterations(1);
+  // Causal attention at the head shapes of the linear and SSM mixers' benchmarks
+  // (12 x 64, 16 x 128, 24 x 64), for the README's crossover table: the L above
+  // which each mixer's (linear-time) prefill beats tokmix's own flash attention.
+  const index_t shapes[][2] = {{12, 64}, {16, 128}, {24, 64}};
+  for (const auto& hd : shapes)
+    for (index_t L : {index_t(512), index_t(1024), index_t(2048), index_t(4096), index_t(8192), index_t(16384)}) {
+      auto* b = reg("attention_crossover/heads:" + std::to_string(hd[0]) + "/dim:" + std::to_string(hd[1]) + "/L:" +
+                        std::to_string(L) + "/causal:1/threads:1/tokmix",
+                    bm_tokmix, hd[1], L, hd[0], true, 1);
+      if (L >= 8192) b->Iterations(1);
+    }
   return true;
 }();
 
