@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds tokmix_bench (Release, -march=native, LibTorch/OpenBLAS peers when
-# present) in build-bench/, runs it and writes bench-results/results.{json,md,png}.
+# present) in build-bench/, runs it and writes bench-results/results.{json,md,png}
+# and crossover.md (where each linear-time mixer overtakes flash attention).
 # Extra arguments go to tokmix_bench, e.g.:
 #   scripts/bench.sh --benchmark_filter='attention_prefill'
 set -euo pipefail
@@ -16,4 +17,5 @@ cmake --build "$bench_dir" -j"$TOKMIX_JOBS" --target tokmix_bench
 mkdir -p "$out_dir"
 "$bench_dir/bench/tokmix_bench" --benchmark_out="$out_dir/results.json" --benchmark_out_format=json "$@"
 python3 "$TOKMIX_ROOT/bench/report.py" "$out_dir/results.json" --md "$out_dir/results.md" --png "$out_dir/results.png"
-echo "bench.sh: results in $out_dir (results.json, results.md, results.png)"
+python3 "$TOKMIX_ROOT/bench/crossover.py" "$out_dir/results.json" --md "$out_dir/crossover.md" > /dev/null || true
+echo "bench.sh: results in $out_dir (results.json, results.md, results.png, crossover.md)"
