@@ -127,6 +127,7 @@ template <class T>
 void bm_torch(benchmark::State& state, int threads) {
   torch::NoGradGuard no_grad;
   torch::set_num_threads(threads);
+  tokmix_bench::set_blas_threads(threads);
   auto& caches = layers<T>();
   std::vector<torch::Tensor> ks, vs;
   for (auto& c : caches) {

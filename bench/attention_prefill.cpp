@@ -96,6 +96,7 @@ void bm_naive(benchmark::State& state, index_t D, index_t L, index_t H, bool cau
 void bm_torch(benchmark::State& state, index_t D, index_t L, index_t H, bool causal, int threads) {
   torch::NoGradGuard no_grad;
   torch::set_num_threads(threads);
+  tokmix_bench::set_blas_threads(threads);
   const auto q = torch::rand({1, H, L, D}) * 2 - 1, k = torch::rand({1, H, L, D}) * 2 - 1,
              v = torch::rand({1, H, L, D}) * 2 - 1;
   const double scale = 1.0 / std::sqrt(double(D));

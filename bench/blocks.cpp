@@ -96,6 +96,7 @@ torch::Tensor as_torch(const tokmix::linear_weights& l) {
 void bm_mlp_torch(benchmark::State& state, index_t rows, int threads) {
   torch::NoGradGuard no_grad;
   torch::set_num_threads(threads);
+  tokmix_bench::set_blas_threads(threads);
   const auto& w = mlp_w();
   const auto w1 = as_torch(w.gate), w3 = as_torch(w.up), w2 = as_torch(w.down);
   const auto x = torch::rand({rows, d_model}) * 2 - 1;
@@ -184,6 +185,7 @@ void bm_moe_naive(benchmark::State& state, index_t rows) {
 void bm_moe_torch(benchmark::State& state, index_t rows, int threads) {
   torch::NoGradGuard no_grad;
   torch::set_num_threads(threads);
+  tokmix_bench::set_blas_threads(threads);
   namespace F = torch::nn::functional;
   const auto& w = moe_w();
   const auto router = as_torch(w.router);

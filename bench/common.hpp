@@ -26,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include <dlfcn.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -245,6 +246,15 @@ inline void set_gbps(benchmark::State& state, double bytes_per_iteration, int th
   const double giga = bytes_per_iteration * 1e-9;
   state.counters["GBps"] = benchmark::Counter(giga, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["frac_of_peak"] = benchmark::Counter(giga / peak, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Threads of the BLAS under a peer. Debian's LibTorch runs its products on
+// OpenBLAS, whose own thread pool ignores torch::set_num_threads: without this
+// a "threads:1" LibTorch run used every core. Found at run time, so builds
+// without OpenBLAS are unaffected.
+inline void set_blas_threads(int threads) {
+  using setter = void (*)(int);
+  if (auto f = reinterpret_cast<setter>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) f(threads);
 }
 
 // The registration settings every tokmix benchmark uses (see the top of this file).

@@ -31,6 +31,11 @@ def split_name(name):
     for suffix in TIMER_SUFFIXES:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
+    # ->Iterations(n) appends "/iterations:n" after the impl.
+    parts = name.split("/")
+    while parts and parts[-1].startswith(("iterations:", "repeats:")):
+        parts.pop()
+    name = "/".join(parts)
     if "/" not in name:
         return name, ""
     case, impl = name.rsplit("/", 1)

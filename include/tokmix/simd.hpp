@@ -10,3 +10,4 @@
 #include "tokmix/simd/gemm.hpp"
 #include "tokmix/simd/fft.hpp"
 #include "tokmix/simd/norm.hpp"
+#include "tokmix/simd/prefetch.hpp"

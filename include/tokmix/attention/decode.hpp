@@ -61,6 +61,7 @@
 #include "tokmix/simd/convert.hpp"
 #include "tokmix/simd/exp.hpp"
 #include "tokmix/simd/reduce.hpp"
+#include "tokmix/simd/prefetch.hpp"
 
 namespace tokmix {
 
@@ -191,12 +192,6 @@ std::size_t decode_item_bytes(const decode_plan& pl) {
   return bytes + 2 * scratch_arena::alignment;
 }
 
-// Prefetches [p, p + bytes) into the caches, one request per 64-byte line.
-inline void decode_prefetch(const void* p, std::size_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (std::size_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 3);
-}
-
 
 // Runs one (b, kv head g, split) item. Leaves in o_acc[R, dv] the normalised
 // partial output and in lse_out[R] its log-sum-exp (-inf, o = 0 when the split
@@ -287,8 +282,8 @@ void decode_item(Arch, const decode_plan& pl, const tensor_view<const QE, 4>& q,
     while (c > 0) {
       const index_t run = std::min(c, cache.contiguous_run(p0));
       const index_t slot = cache.slot_of(p0);
-      decode_prefetch(kh + slot * D, static_cast<std::size_t>(run * D) * sizeof(T));
-      decode_prefetch(vh + slot * Dv, static_cast<std::size_t>(run * Dv) * sizeof(T));
+      simd::prefetch_bytes(kh + slot * D, static_cast<std::size_t>(run * D) * sizeof(T));
+      simd::prefetch_bytes(vh + slot * Dv, static_cast<std::size_t>(run * Dv) * sizeof(T));
       p0 += run;
       c -= run;
     }

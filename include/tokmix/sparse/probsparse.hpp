@@ -48,6 +48,7 @@
 #include "tokmix/core/threading.hpp"
 #include "tokmix/simd/convert.hpp"
 #include "tokmix/simd/dot.hpp"
+#include "tokmix/simd/prefetch.hpp"
 #include "tokmix/sparse/block_layout.hpp"
 #include "tokmix/sparse/detail/common.hpp"
 
@@ -121,8 +122,8 @@ void probsparse_kernel(Arch, const tensor_view<const TQ, 4>& q, const tensor_vie
         // The samples are scattered rows: ask for one 8 samples ahead so the misses overlap.
         const index_t ahead = i * ns + t + 8;
         if (ahead < Lq * ns) {
-          const char* pf = reinterpret_cast<const char*>(k.ptr(b, samples[static_cast<std::size_t>(ahead)], hk));
-          for (index_t off_b = 0; off_b < D * index_t(sizeof(TK)); off_b += 64) __builtin_prefetch(pf + off_b, 0, 3);
+          simd::prefetch_bytes(k.ptr(b, samples[static_cast<std::size_t>(ahead)], hk),
+                               static_cast<std::size_t>(D) * sizeof(TK));
         }
         const TK* kp = k.ptr(b, samples[static_cast<std::size_t>(i * ns + t)], hk);
         const float* kf;

@@ -63,6 +63,7 @@
 #include "tokmix/simd/convert.hpp"
 #include "tokmix/simd/dot.hpp"
 #include "tokmix/simd/gemm.hpp"
+#include "tokmix/simd/prefetch.hpp"
 #include "tokmix/sparse/block_layout.hpp"
 #include "tokmix/sparse/detail/common.hpp"
 #include "tokmix/sparse/detail/decode_rows.hpp"
@@ -473,9 +474,7 @@ void routing_kernel(Arch, const tensor_view<const TQ, 4>& q, const tensor_view<c
     // The cluster's rows are scattered over the sequence: request them a few
     // rows ahead so the cache misses overlap (at L = 65536 K and V are far out of L2).
     constexpr index_t ahead = 8;
-    auto prefetch_row = [](const void* p, index_t bytes) {
-      for (index_t o = 0; o < bytes; o += 64) __builtin_prefetch(static_cast<const char*>(p) + o, 0, 3);
-    };
+    auto prefetch_row = [](const void* p, index_t bytes) { simd::prefetch_bytes(p, static_cast<std::size_t>(bytes)); };
     for (index_t a = 0; a < nq; ++a) {
       if (a + ahead < nq) prefetch_row(q.ptr(b, qp[a + ahead], h), D * index_t(sizeof(TQ)));
       row_to_f32(q.ptr(b, qp[a], h), qg + a * D, D);

@@ -54,6 +54,7 @@
 #include "tokmix/simd/dot.hpp"
 #include "tokmix/simd/exp.hpp"
 #include "tokmix/simd/reduce.hpp"
+#include "tokmix/simd/prefetch.hpp"
 #include "tokmix/sparse/detail/common.hpp"
 #include "tokmix/sparse/detail/decode_rows.hpp"
 
@@ -147,10 +148,8 @@ inline void topk_gather_sum(const float* w, const std::int32_t* j, index_t n, co
                             index_t dv, float* out) {
   using F = xsimd::batch<float, Arch>;
   constexpr index_t L = F::size;
-  for (index_t t = 0; t < n; ++t) {
-    const char* r = reinterpret_cast<const char*>(vbase + static_cast<index_t>(j[t]) * v_row);
-    for (index_t b = 0; b < dv * index_t(sizeof(float)); b += 64) __builtin_prefetch(r + b, 0, 3);
-  }
+  for (index_t t = 0; t < n; ++t)
+    simd::prefetch_bytes(vbase + static_cast<index_t>(j[t]) * v_row, static_cast<std::size_t>(dv) * sizeof(float));
   index_t c = 0;
   for (; c + 4 * L <= dv; c += 4 * L) {
     F a0(0.f), a1(0.f), a2(0.f), a3(0.f);

@@ -52,6 +52,7 @@
 #include "tokmix/simd/dot.hpp"
 #include "tokmix/simd/exp.hpp"
 #include "tokmix/simd/gemm.hpp"
+#include "tokmix/simd/prefetch.hpp"
 
 TOKMIX_SIMD_AVX512_WARNINGS_OFF
 namespace tokmix {
@@ -372,20 +373,6 @@ void ssd_head_chunk(Arch arch, const ssd_args& a, index_t bi, index_t c0, index_
   simd::gemm_tn(P, N, l, 1.f, w.xd, P, Bp, ldb, decay_all, h, ldh);
 }
 
-// Cache-line prefetch of `rows` rows of n floats, `ld` apart (a hint only).
-inline void ssd_prefetch_rows(const float* p, index_t rows, index_t ld, index_t n, bool for_write) noexcept {
-#if defined(__GNUC__) || defined(__clang__)
-  constexpr index_t line = 64 / sizeof(float);
-  for (index_t r = 0; r < rows; ++r)
-    for (index_t i = 0; i < n; i += line) {
-      if (for_write) __builtin_prefetch(p + r * ld + i, 1, 3);
-      else __builtin_prefetch(p + r * ld + i, 0, 3);
-    }
-#else
-  (void)p, (void)rows, (void)ld, (void)n, (void)for_write;
-#endif
-}
-
 // Heads [h0, h1) of one B/C group over tokens [t0, t1) of batch entry bi,
 // chunk-major: C B^T of a chunk is computed once for all of them (it does not
 // depend on the head), and the chunk's B, C and x rows stay in cache while
@@ -406,8 +393,8 @@ void ssd_heads(Arch arch, const ssd_args& a, index_t s, index_t bi, index_t t0, 
       const index_t nh = head + 1 < h1 ? head + 1 : h0, nc = head + 1 < h1 ? c0 : c0 + Q;
       if (nc < t1) {
         const index_t nl = std::min(Q, t1 - nc);
-        ssd_prefetch_rows(a.x.ptr(bi, nc, nh, 0), nl, ldx, P, false);
-        ssd_prefetch_rows(a.y.ptr(bi, nc, nh, 0), nl, ldy, P, true);
+        simd::prefetch_rows(a.x.ptr(bi, nc, nh, 0), ldx, nl, P);
+        simd::prefetch_rows(a.y.ptr(bi, nc, nh, 0), ldy, nl, P, true);
       }
       ssd_head_chunk(arch, a, bi, c0, l, head, g, a.h.ptr(s, head, 0, 0), w);
     }

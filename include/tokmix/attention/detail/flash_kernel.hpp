@@ -33,6 +33,7 @@
 #include "tokmix/core/tensor_view.hpp"
 #include "tokmix/core/threading.hpp"
 #include "tokmix/simd/convert.hpp"
+#include "tokmix/simd/prefetch.hpp"
 
 TOKMIX_SIMD_AVX512_WARNINGS_OFF
 
@@ -345,6 +346,15 @@ void flash_query_block(const flash_problem<TQ, TK, TV>& pr, const flash_shape& s
       } else if constexpr (!widen_v) {
         vt_ptr = vbase + k0 * pr.v_row;
         ldv = pr.v_row;
+      }
+
+      // Rows strided by other heads defeat the hardware prefetchers (each row
+      // sits in another page once several heads share a row): ask for the next
+      // tile's K and V rows while this one computes.
+      if (k1 < r_end) {
+        const index_t next = std::min(block_k, r_end - k1);
+        if (pr.k_row != d) simd::prefetch_rows(kbase + k1 * pr.k_row, pr.k_row, next, d);
+        if (pr.v_row != dv) simd::prefetch_rows(vbase + k1 * pr.v_row, pr.v_row, next, dv);
       }
 
       for (index_t pn = 0; pn < panels; ++pn) {
