@@ -25,6 +25,10 @@
 // C B^T does not depend on the head: it is computed once per chunk for all the
 // heads of a group (walked chunk-major, so B, C and x stay in cache). Per token
 // and head that leaves 4PN + 2QP FLOPs of products, plus 2QN per group.
+// While a prefill runs, each state is held transposed (N x P): both state
+// products then read it with P contiguous (C h^T as an nn product, the update
+// as a tn product), where the public P x N layout would make the C h^T product
+// transpose the whole state once per chunk and head.
 //
 // Deviations from mamba_ssm, on purpose:
 //   * dt is always clamped to [dt_min, dt_max] (defaults 0 and +inf); mamba
@@ -284,11 +288,13 @@ struct ssd_work {
   float* S;      // [chunk, chunk] C B^T . L of one head
   float* xd;     // [chunk, head_dim] dt . X, then decayed to the chunk end
   float* yt;     // [chunk, head_dim] the chunk's output before the skip and gate
+  float* stage;  // [head_dim * d_state] staging for the state transposes
 };
 
-inline std::size_t ssd_work_bytes(index_t chunk, index_t head_dim) {
+inline std::size_t ssd_work_bytes(index_t chunk, index_t head_dim, index_t d_state) {
   return 2 * scratch_frame::bytes_for<float>(chunk) + scratch_frame::bytes_for<double>(chunk) +
-         2 * scratch_frame::bytes_for<float>(chunk * chunk) + 2 * scratch_frame::bytes_for<float>(chunk * head_dim);
+         2 * scratch_frame::bytes_for<float>(chunk * chunk) + 2 * scratch_frame::bytes_for<float>(chunk * head_dim) +
+         scratch_frame::bytes_for<float>(head_dim * d_state);
 }
 
 inline ssd_work ssd_carve(float* base, index_t chunk, index_t head_dim) {
@@ -305,14 +311,22 @@ inline ssd_work ssd_carve(float* base, index_t chunk, index_t head_dim) {
   w.CB = reinterpret_cast<float*>(take(scratch_frame::bytes_for<float>(chunk * chunk)));
   w.S = reinterpret_cast<float*>(take(scratch_frame::bytes_for<float>(chunk * chunk)));
   w.xd = reinterpret_cast<float*>(take(scratch_frame::bytes_for<float>(chunk * head_dim)));
-  w.yt = reinterpret_cast<float*>(p);
+  w.yt = reinterpret_cast<float*>(take(scratch_frame::bytes_for<float>(chunk * head_dim)));
+  w.stage = reinterpret_cast<float*>(p);
   return w;
 }
 
+// h [rows, cols] -> [cols, rows] in place, through `stage` (rows * cols floats).
+inline void ssd_transpose_state(float* h, index_t rows, index_t cols, float* stage) noexcept {
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t c = 0; c < cols; ++c) stage[c * rows + r] = h[r * cols + c];
+  std::copy(stage, stage + rows * cols, h);
+}
+
 // One head on one chunk [c0, c0 + l) of batch entry bi; w.CB holds C B^T of
-// the chunk; h is the head's state [head_dim, d_state], dense.
+// the chunk; ht is the head's state transposed, [d_state, head_dim], dense.
 template <class Arch>
-void ssd_head_chunk(Arch arch, const ssd_args& a, index_t bi, index_t c0, index_t l, index_t head, index_t g, float* h,
+void ssd_head_chunk(Arch arch, const ssd_args& a, index_t bi, index_t c0, index_t l, index_t head, index_t g, float* ht,
                     const ssd_work& w) {
   const ssd_params& p = *a.params;
   const index_t P = a.x.dim(3), N = a.B.dim(3), Q = p.chunk_size;
@@ -320,7 +334,6 @@ void ssd_head_chunk(Arch arch, const ssd_args& a, index_t bi, index_t c0, index_
   const float bias = ssd_given(p.dt_bias) ? p.dt_bias(head) : 0.f;
   const index_t ldb = ssd_row_stride(a.B, 1), ldc = ssd_row_stride(a.C, 1);
   const index_t ldy = ssd_row_stride(a.y, 1);
-  const index_t ldh = std::max<index_t>(N, 1);
 
   double run = 0;
   for (index_t j = 0; j < l; ++j) {
@@ -337,18 +350,20 @@ void ssd_head_chunk(Arch arch, const ssd_args& a, index_t bi, index_t c0, index_
 
   // State to output: Y = diag(exp(cum)) C h^T. Y is built in an L1-sized tile
   // and leaves for y (strided rows, usually cold) in one pass at the end.
-  simd::gemm_nt(l, P, N, 1.f, Cp, ldc, h, ldh, 0.f, w.yt, P);
+  simd::gemm_nn(l, P, N, 1.f, Cp, ldc, ht, P, 0.f, w.yt, P);
   for (index_t i = 0; i < l; ++i) w.row[i] = static_cast<float>(w.cum[i]);
   simd::detail::exp_kernel(arch, w.row, w.row, l);
   for (index_t i = 0; i < l; ++i) simd::detail::scale_kernel(arch, w.row[i], w.yt + i * P, P);
 
   // Intra-chunk: Y += (C B^T . L) (dt . X), on the full l x l tile (skipping
   // the zeros above the diagonal in row blocks measured slower: narrow products).
+  // Only the visible j <= i part of each row goes through exp; the two plain
+  // loops (no select) let the compiler vectorise the double differences.
   for (index_t i = 0; i < l; ++i) {
     const double ci = w.cum[i];
-    for (index_t j = 0; j < l; ++j)
-      w.row[j] = j <= i ? static_cast<float>(ci - w.cum[j]) : -std::numeric_limits<float>::infinity();
-    ssd_mul_exp(arch, w.S + i * Q, w.CB + i * Q, w.row, l);
+    for (index_t j = 0; j <= i; ++j) w.row[j] = static_cast<float>(ci - w.cum[j]);
+    ssd_mul_exp(arch, w.S + i * Q, w.CB + i * Q, w.row, i + 1);
+    std::fill(w.S + i * Q + i + 1, w.S + i * Q + l, 0.f);
   }
   simd::gemm_nn(l, P, l, 1.f, w.S, Q, w.xd, P, 1.f, w.yt, P);
 
@@ -363,14 +378,15 @@ void ssd_head_chunk(Arch arch, const ssd_args& a, index_t bi, index_t c0, index_
       std::copy(w.yt + i * P, w.yt + (i + 1) * P, yp + i * ldy);
   }
 
-  // Chunk state: h <- exp(cum_last) h + (exp(cum_last - cum) . dt . X)^T B.
+  // Chunk state: h <- exp(cum_last) h + (exp(cum_last - cum) . dt . X)^T B,
+  // here transposed: h^T <- exp(cum_last) h^T + B^T (exp(cum_last - cum) . dt . X).
   const double last = w.cum[l - 1];
   for (index_t j = 0; j < l; ++j) w.row[j] = static_cast<float>(last - w.cum[j]);
   simd::detail::exp_kernel(arch, w.row, w.row, l);
   for (index_t j = 0; j < l; ++j) simd::detail::scale_kernel(arch, w.row[j], w.xd + j * P, P);
   float decay_all = static_cast<float>(last);
   simd::detail::exp_kernel(arch, &decay_all, &decay_all, 1);
-  simd::gemm_tn(P, N, l, 1.f, w.xd, P, Bp, ldb, decay_all, h, ldh);
+  simd::gemm_tn(N, P, l, 1.f, Bp, ldb, w.xd, P, decay_all, ht, P);
 }
 
 // Heads [h0, h1) of one B/C group over tokens [t0, t1) of batch entry bi,
@@ -383,6 +399,7 @@ void ssd_heads(Arch arch, const ssd_args& a, index_t s, index_t bi, index_t t0, 
   const index_t N = a.B.dim(3), Q = a.params->chunk_size;
   const index_t ldb = ssd_row_stride(a.B, 1), ldc = ssd_row_stride(a.C, 1);
   const index_t P = a.x.dim(3), ldx = ssd_row_stride(a.x, 1), ldy = ssd_row_stride(a.y, 1);
+  for (index_t head = h0; head < h1; ++head) ssd_transpose_state(a.h.ptr(s, head, 0, 0), P, N, w.stage);
   for (index_t c0 = t0; c0 < t1; c0 += Q) {
     const index_t l = std::min(Q, t1 - c0);
     simd::gemm_nt(l, l, N, 1.f, a.C.ptr(bi, c0, g, 0), ldc, a.B.ptr(bi, c0, g, 0), ldb, 0.f, w.CB, Q);
@@ -399,6 +416,7 @@ void ssd_heads(Arch arch, const ssd_args& a, index_t s, index_t bi, index_t t0, 
       ssd_head_chunk(arch, a, bi, c0, l, head, g, a.h.ptr(s, head, 0, 0), w);
     }
   }
+  for (index_t head = h0; head < h1; ++head) ssd_transpose_state(a.h.ptr(s, head, 0, 0), N, P, w.stage);
 }
 
 // Work items: (sequence, group, slice of the group's heads). Slices exist only
@@ -413,7 +431,7 @@ void ssd_kernel(Arch arch, const ssd_args& a, index_t n_states) {
   const bool varlen = ssd_given(p.cu_seqlens);
   const index_t Q = std::max<index_t>(1, std::min(p.chunk_size, std::max<index_t>(seq, 1)));
   const int slots = worker_slots(p.policy);
-  const std::size_t slot_bytes = ssd_work_bytes(Q, P);
+  const std::size_t slot_bytes = ssd_work_bytes(Q, P, a.B.dim(3));
   scratch_frame frame(slot_bytes * slots);
   float* base = frame.alloc<float>(slot_bytes / sizeof(float) * slots);
   ssd_params local = p;
