@@ -88,7 +88,7 @@ inline void gla_recurrent_kernel(Arch arch, const gla_args& a) {
       rec_decay_update(arch, decay, io.k.ptr(it.bi, t, it.h, 0), io.v.ptr(it.bi, t, it.h, 0), qs, it.S, dk, dv,
                        io.o.ptr(it.bi, t, it.h, 0));
     }
-  });
+  }, a.g);
 }
 
 // r[j] = r[j-1] + g[j] over d_k; returns min_d r[j].
@@ -181,7 +181,7 @@ inline void gla_chunk_kernel(Arch arch, const gla_args& a) {
       simd::gemm_tn(dk, dv, c, 1.f, ke, dk, vc, ldv, 1.f, S, dv);
       pos += c;
     }
-  });
+  }, a.g);
 }
 
 }  // namespace detail

@@ -23,6 +23,7 @@
 #include "tokmix/core/tensor_view.hpp"
 #include "tokmix/core/threading.hpp"
 #include "tokmix/simd/exp.hpp"
+#include "tokmix/simd/prefetch.hpp"
 
 TOKMIX_SIMD_AVX512_WARNINGS_OFF
 namespace tokmix {
@@ -204,9 +205,13 @@ inline void rec_require_scale(float scale) {
 // arithmetic depends only on its own window boundaries (multiples of `window`
 // from the sequence start), never on the grouping, so results are the same
 // for every thread count. Items never share the state blocks they write.
+// While one head works on a window, the next item's rows of q, k, v, o (and of
+// `gates`, per-key gates shaped like k, when given) are requested: with heads
+// interleaved, each row starts a new page, out of the hardware prefetchers' reach.
 template <class Body>
 inline void rec_for_each(const rec_io& io, const tensor_view<const std::int32_t, 1>& cu, kv_state& state,
-                         const exec_policy& policy, index_t window, Body&& body) {
+                         const exec_policy& policy, index_t window, Body&& body,
+                         const tensor_view<const float, 4>& gates = {}) {
   const index_t batch = io.q.dim(0), seq = io.q.dim(1), heads = io.q.dim(2);
   const bool varlen = rec_given(cu);
   const index_t n_seqs = varlen ? cu.dim(0) - 1 : batch;
@@ -215,6 +220,7 @@ inline void rec_for_each(const rec_io& io, const tensor_view<const std::int32_t,
   const index_t workers = policy.mode() == exec_policy::kind::serial ? 1 : std::max(1, policy.workers());
   const index_t groups = std::min(heads, workers);
   float* base = state.S().data();
+  const bool strided = heads > 1;
   parallel_for(policy, n_seqs * groups, [&](index_t i, int worker) {
     const index_t s = i / groups, grp = i % groups;
     const index_t h0 = grp * heads / groups, h1 = (grp + 1) * heads / groups;
@@ -225,6 +231,17 @@ inline void rec_for_each(const rec_io& io, const tensor_view<const std::int32_t,
       it.t0 = w0;
       it.t1 = std::min(t1, w0 + window);
       for (index_t h = h0; h < h1; ++h) {
+        if (strided) {
+          const index_t nh = h + 1 < h1 ? h + 1 : h0, nw = h + 1 < h1 ? w0 : w0 + window;
+          if (nw < t1) {
+            const index_t rows = std::min(window, t1 - nw);
+            simd::prefetch_rows(io.q.ptr(it.bi, nw, nh, 0), io.q.stride(1), rows, io.q.dim(3));
+            if (io.k.data() != io.q.data()) simd::prefetch_rows(io.k.ptr(it.bi, nw, nh, 0), io.k.stride(1), rows, io.k.dim(3));
+            if (io.v.data() != io.q.data()) simd::prefetch_rows(io.v.ptr(it.bi, nw, nh, 0), io.v.stride(1), rows, io.v.dim(3));
+            if (rec_given(gates)) simd::prefetch_rows(gates.ptr(it.bi, nw, nh, 0), gates.stride(1), rows, gates.dim(3));
+            simd::prefetch_rows(io.o.ptr(it.bi, nw, nh, 0), io.o.stride(1), rows, io.o.dim(3), true);
+          }
+        }
         it.h = h;
         it.S = base + (s * heads + h) * block;
         body(it, worker);
