@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <limits>
 #include <random>
 #include <sstream>
@@ -108,13 +109,19 @@ inline std::vector<float> random_floats(std::size_t n, unsigned seed, float lo =
 }
 
 // A buffer whose elements outside [pad, pad+n) are NaN: kernels that read past
-// their range poison their result.
+// their range poison their result. data() sits `misalign` elements past a
+// 64-byte boundary, so aligned (misalign 0) and misaligned paths are each
+// taken on purpose, not by the allocator's luck.
 template <class T = float>
 struct nan_padded {
   std::vector<T> storage;
   std::size_t pad;
   nan_padded(std::size_t n, std::size_t pad_elems = 64, std::size_t misalign = 0)
-      : storage(n + 2 * pad_elems + misalign, T(std::numeric_limits<float>::quiet_NaN())), pad(pad_elems + misalign) {}
+      : storage(n + 2 * pad_elems + misalign + 64 / sizeof(T), T(std::numeric_limits<float>::quiet_NaN())),
+        pad(pad_elems) {
+    while (reinterpret_cast<std::uintptr_t>(storage.data() + pad) % 64 != 0) ++pad;
+    pad += misalign;
+  }
   T* data() { return storage.data() + pad; }
   const T* data() const { return storage.data() + pad; }
 };

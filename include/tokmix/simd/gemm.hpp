@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include "tokmix/simd/arch.hpp"
@@ -30,6 +31,8 @@ namespace simd {
 
 // Upper bound of the stack a gemm_* call uses for its packed B block.
 constexpr std::size_t gemm_stack_bytes = 64 * 1024;
+// Largest B (k rows x ldb) a product reads in place instead of packing.
+constexpr std::size_t gemm_in_place_b_bytes = 32 * 1024;
 
 namespace detail {
 
@@ -393,6 +396,16 @@ void gemm_kernel(Arch, index_t m, index_t n, index_t k, float alpha, const float
   // One row panel and a unit-stride B: each B element is used by at most mr
   // rows, so packing costs more than it saves; whole panels read B in place.
   const bool direct_b = !b_trans && m <= mr;
+  // A small, aligned, unit-stride B in whole panels (a state, a scratch tile)
+  // already sits in L1 the way the kernel reads it: packing would only copy
+  // it. Measured: SSD's C h^T and state update (32 KiB and 8 KiB B) ~5% faster
+  // in place; a 64 KiB B or rows split across cache lines run 7-15% slower in
+  // place (L1 set conflicts, split loads), so those keep packing, as does
+  // strided B (rows of one head among many), which packing gathers into one stream.
+  const bool in_place_b = !b_trans && n % nr == 0 && ldb % cfg::lanes == 0 &&
+                          reinterpret_cast<std::uintptr_t>(b) % sizeof(typename cfg::batch) == 0 &&
+                          static_cast<std::size_t>(ldb) * static_cast<std::size_t>(kc_max) * sizeof(float) <=
+                              gemm_in_place_b_bytes;
 
   for (index_t p0 = 0; p0 < k; p0 += kc_max) {
     const index_t kc = std::min(kc_max, k - p0);
@@ -423,14 +436,18 @@ void gemm_kernel(Arch, index_t m, index_t n, index_t k, float alpha, const float
         }
         continue;
       }
-      gemm_pack_b<Arch, b_trans>(b, ldb, p0, kc, j0, nc, pack);
+      if (!in_place_b) gemm_pack_b<Arch, b_trans>(b, ldb, p0, kc, j0, nc, pack);
       for (index_t i0 = 0; i0 < m; i0 += mr) {
         const int rows = static_cast<int>(std::min(mr, m - i0));
         const float* ai = a_trans ? a_blk + i0 : a_blk + i0 * lda;
         float* ci = c + i0 * ldc + j0;
         for (index_t jp = 0; jp < nc; jp += nr) {
           const index_t w = std::min(nr, nc - jp);
-          gemm_micro_any<Arch, a_trans>(rows, kc, ai, lda, pack + jp * kc, nr, ci + jp, ldc, w, alpha, beta_blk);
+          if (in_place_b)
+            gemm_micro_any<Arch, a_trans>(rows, kc, ai, lda, b + p0 * ldb + j0 + jp, ldb, ci + jp, ldc, w, alpha,
+                                          beta_blk);
+          else
+            gemm_micro_any<Arch, a_trans>(rows, kc, ai, lda, pack + jp * kc, nr, ci + jp, ldc, w, alpha, beta_blk);
         }
       }
     }
