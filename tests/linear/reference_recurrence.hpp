@@ -585,6 +585,7 @@ inline void grouped_errors(kind k) {
     const run_options opt{m, 4, {}};
     expect_argument_error(make_problem(k, 1, 5, 3, 8, 4, 9, gates::strong, 2), opt, 2, "q heads (dim 2)");
     expect_argument_error(make_problem(k, 2, 5, 2, 8, 4, 9, gates::strong, 4), opt, 4, "q heads (dim 2)");
+    expect_argument_error(make_problem(k, 1, 5, 0, 8, 4, 9, gates::strong, 2), opt, 2, "q heads (dim 2)");
     const problem p = make_problem(k, 1, 5, 4, 8, 4, 9, gates::strong, 2);
     expect_argument_error(p, opt, 4, "state heads");
     // The same values given per query head, as before grouping.

@@ -125,8 +125,9 @@ inline void rec_validate(const rec_io& io, const tensor_view<const std::int32_t,
   const index_t batch = io.q.dim(0), seq = io.q.dim(1), hq = io.q.dim(2), dk = io.q.dim(3);
   require_shape("k", io.k, {batch, seq, -1, dk});
   const index_t hkv = io.k.dim(2);
-  require(hkv >= 1 ? hq % hkv == 0 : hq == 0, "q heads (dim 2)",
-          "a multiple of k heads (dim 2) = " + std::to_string(hkv), hq);
+  // Every kv head needs a query head: the kernels read the group's first one.
+  require(hkv >= 1 ? hq >= hkv && hq % hkv == 0 : hq == 0, "q heads (dim 2)",
+          "a positive multiple of k heads (dim 2) = " + std::to_string(hkv), hq);
   require_shape("v", io.v, {batch, seq, hkv, -1});
   const index_t dv = io.v.dim(3);
   require_shape("o", io.o, {batch, seq, hq, dv});
