@@ -1,8 +1,8 @@
 // DeltaNet and gated DeltaNet against the float64 delta rule: the chunked
 // WY/UT prefill, the token loop and steps; with and without the in-kernel L2
 // norm; chained prefills, packed batches, threads; L = 65536 with decays near
-// 0 and near 1; bad inputs (beta outside [0, 1], non-finite gates) throw and
-// write nothing.
+// 0 and near 1; grouped kv heads (GQA, MQA); bad inputs (beta outside [0, 1],
+// non-finite gates, heads that don't divide) throw and write nothing.
 
 #include "tokmix/linear/delta_rule.hpp"
 
@@ -94,4 +94,21 @@ TEST_CASE("delta rule: bad inputs throw and write nothing", "[linear][delta_rule
   CHECK_THROWS_AS(delta_rule_chunk_prefill(V4(q, dk), V4(k, dk), V4(v, dv), V3(beta), ov, st, prm), argument_error);
   for (float x : o) CHECK(x == 7.f);
   CHECK(st.S().data()[0] == 3.f);
+}
+
+TEST_CASE("delta rule: grouped heads (GQA, MQA) equal the ungrouped rule on repeated k, v, beta",
+          "[linear][delta_rule][grouped]") {
+  grouped(kind::delta, gates::mild, 5e-5);
+}
+
+TEST_CASE("gated delta rule: grouped heads (GQA, MQA) equal the ungrouped rule on repeated k, v, g, beta",
+          "[linear][delta_rule][grouped]") {
+  grouped(kind::gated_delta, gates::mild, 5e-5);
+  grouped(kind::gated_delta, gates::strong, 5e-5);
+}
+
+TEST_CASE("delta rule: grouped heads that don't divide, beta per query head, throw and write nothing",
+          "[linear][delta_rule][grouped]") {
+  grouped_errors(kind::delta);
+  grouped_errors(kind::gated_delta);
 }

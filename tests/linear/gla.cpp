@@ -1,7 +1,8 @@
 // GLA against the float64 recurrence: chunked (chunk sizes that do and do not
 // divide L), token loop and steps; chained prefills; packed batches; threads;
 // L = 65536 with gates near 0 and near 1 (chunk splitting keeps every exp in
-// range); bad inputs throw and write nothing.
+// range); grouped kv heads (GQA, MQA) against the ungrouped mixer on repeated
+// k, v, g; bad inputs throw and write nothing.
 
 #include "tokmix/linear/gla.hpp"
 
@@ -107,4 +108,14 @@ TEST_CASE("gla: bad inputs throw and write nothing", "[linear][gla]") {
   } catch (const argument_error& e) {
     CHECK(e.argument() == "g");
   }
+}
+
+TEST_CASE("gla: grouped heads (GQA, MQA) equal the ungrouped mixer on repeated k, v, g", "[linear][gla][grouped]") {
+  grouped(kind::gla, gates::mild, 2e-5);
+  grouped(kind::gla, gates::strong, 2e-5);
+}
+
+TEST_CASE("gla: grouped heads that don't divide, or a state per query head, throw and write nothing",
+          "[linear][gla][grouped]") {
+  grouped_errors(kind::gla);
 }

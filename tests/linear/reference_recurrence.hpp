@@ -1,9 +1,10 @@
 #pragma once
 // float64 references for GLA, retention and the (gated) delta rule, written
 // straight from the recurrences of docs/semantics.md token by token (plus
-// retention's quadratic masked form), and one driver that runs a tokmix mode
-// (chunked, token loop, step by step) on the same problem through NaN-padded
-// buffers, so the three test files check every mode the same way.
+// retention's quadratic masked form), grouped kv heads included, and one
+// driver that runs a tokmix mode (chunked, token loop, step by step) on the
+// same problem through NaN-padded buffers, so the three test files check every
+// mode the same way.
 
 #include <algorithm>
 #include <cmath>
@@ -25,18 +26,23 @@ enum class mode { chunk, recurrent, step };
 
 struct problem {
   kind k = kind::gla;
-  std::size_t batch = 1, seq = 1, heads = 1, dk = 1, dv = 1;
-  std::vector<float> q, key, v;  // [batch, seq, heads, dk|dv]
-  std::vector<float> g;          // GLA [batch, seq, heads, dk]; gated delta [batch, seq, heads]
-  std::vector<float> beta;       // delta rule [batch, seq, heads]
-  std::vector<float> gamma;      // retention [heads]; empty = RetNet default
+  // heads: query heads (q, o); kv_heads: k, v, gates, beta and the state
+  // (grouped heads, query head h reads kv head h / (heads / kv_heads)).
+  std::size_t batch = 1, seq = 1, heads = 1, kv_heads = 1, dk = 1, dv = 1;
+  std::vector<float> q;          // [batch, seq, heads, dk]
+  std::vector<float> key, v;     // [batch, seq, kv_heads, dk|dv]
+  std::vector<float> g;          // GLA [batch, seq, kv_heads, dk]; gated delta [batch, seq, kv_heads]
+  std::vector<float> beta;       // delta rule [batch, seq, kv_heads]
+  std::vector<float> gamma;      // retention [kv_heads]; empty = RetNet default
   std::vector<std::int32_t> cu;  // [n_seqs + 1] or empty
+  std::size_t gate_heads = 0;    // heads of g, beta and gamma as passed; 0 = kv_heads (error tests change it)
   float scale = std::nanf("");   // NaN = 1/sqrt(dk)
   bool l2norm = false;
   float eps = 1e-6f;
 
   std::size_t n_states() const { return cu.empty() ? batch : cu.size() - 1; }
-  std::size_t state_size() const { return n_states() * heads * dk * dv; }
+  std::size_t group() const { return heads / kv_heads; }
+  std::size_t state_size() const { return n_states() * kv_heads * dk * dv; }
   std::size_t out_size() const { return batch * seq * heads * dv; }
   double scale_value() const { return std::isnan(scale) ? 1.0 / std::sqrt(double(dk)) : double(scale); }
   double gamma_of(std::size_t h) const {
@@ -58,17 +64,19 @@ inline float gate_value(gates r, float u01) {
   return 0.f;
 }
 
+// kv_heads = 0: as many as heads (ungrouped).
 inline problem make_problem(kind k, std::size_t batch, std::size_t seq, std::size_t heads, std::size_t dk,
-                            std::size_t dv, unsigned seed, gates regime = gates::mild) {
+                            std::size_t dv, unsigned seed, gates regime = gates::mild, std::size_t kv_heads = 0) {
   problem p;
   p.k = k;
   p.batch = batch;
   p.seq = seq;
   p.heads = heads;
+  p.kv_heads = kv_heads ? kv_heads : heads;
   p.dk = dk;
   p.dv = dv;
-  const std::size_t tok = batch * seq * heads;
-  p.q = random_floats(tok * dk, seed);
+  p.q = random_floats(batch * seq * heads * dk, seed);
+  const std::size_t tok = batch * seq * p.kv_heads;
   p.key = random_floats(tok * dk, seed + 1);
   p.v = random_floats(tok * dv, seed + 2);
   if (k == kind::gla || k == kind::gated_delta) {
@@ -81,8 +89,8 @@ inline problem make_problem(kind k, std::size_t batch, std::size_t seq, std::siz
     p.l2norm = true;
   }
   if (k == kind::retention && regime != gates::mild) {
-    p.gamma.resize(heads);
-    for (std::size_t h = 0; h < heads; ++h)
+    p.gamma.resize(p.kv_heads);
+    for (std::size_t h = 0; h < p.kv_heads; ++h)
       p.gamma[h] = regime == gates::near_zero ? 1e-30f : regime == gates::near_one ? 1.f - 1e-7f : 0.5f;
   }
   return p;
@@ -96,9 +104,10 @@ inline void l2normalise(std::vector<double>& x, bool on, double eps) {
   for (double& e : x) e *= r;
 }
 
-// The token recurrence in float64. S: [n_states, heads, dk, dv] in/out; o: [batch, seq, heads, dv].
+// The token recurrence in float64, one state per kv head read by the query
+// heads of its group. S: [n_states, kv_heads, dk, dv] in/out; o: [batch, seq, heads, dv].
 inline void recurrent(const problem& p, std::vector<double>& S, std::vector<double>& o) {
-  const std::size_t L = p.seq, H = p.heads, dk = p.dk, dv = p.dv;
+  const std::size_t L = p.seq, H = p.kv_heads, G = p.group(), dk = p.dk, dv = p.dv;
   o.assign(p.out_size(), 0.0);
   const double scale = p.scale_value();
   for (std::size_t s = 0; s < p.n_states(); ++s) {
@@ -109,11 +118,8 @@ inline void recurrent(const problem& p, std::vector<double>& S, std::vector<doub
       double* st = &S[(s * H + h) * dk * dv];
       for (std::size_t t = t0; t < t1; ++t) {
         const std::size_t tok = (bi * L + t) * H + h;
-        std::vector<double> q(dk), k(dk), v(dv);
-        for (std::size_t d = 0; d < dk; ++d) {
-          q[d] = p.q[tok * dk + d];
-          k[d] = p.key[tok * dk + d];
-        }
+        std::vector<double> k(dk), v(dv);
+        for (std::size_t d = 0; d < dk; ++d) k[d] = p.key[tok * dk + d];
         for (std::size_t j = 0; j < dv; ++j) v[j] = p.v[tok * dv + j];
         if (p.k == kind::gla || p.k == kind::retention) {
           for (std::size_t d = 0; d < dk; ++d) {
@@ -121,7 +127,6 @@ inline void recurrent(const problem& p, std::vector<double>& S, std::vector<doub
             for (std::size_t j = 0; j < dv; ++j) st[d * dv + j] = a * st[d * dv + j] + k[d] * v[j];
           }
         } else {
-          l2normalise(q, p.l2norm, p.eps);
           l2normalise(k, p.l2norm, p.eps);
           const double alpha = p.k == kind::gated_delta ? std::exp(double(p.g[tok])) : 1.0;
           const double beta = p.beta[tok];
@@ -133,10 +138,16 @@ inline void recurrent(const problem& p, std::vector<double>& S, std::vector<doub
             for (std::size_t d = 0; d < dk; ++d) st[d * dv + j] += k[d] * u;
           }
         }
-        for (std::size_t j = 0; j < dv; ++j) {
-          double acc = 0;
-          for (std::size_t d = 0; d < dk; ++d) acc += st[d * dv + j] * scale * q[d];
-          o[tok * dv + j] = acc;
+        for (std::size_t hq = h * G; hq < (h + 1) * G; ++hq) {
+          const std::size_t qtok = (bi * L + t) * p.heads + hq;
+          std::vector<double> q(dk);
+          for (std::size_t d = 0; d < dk; ++d) q[d] = p.q[qtok * dk + d];
+          if (p.k == kind::delta || p.k == kind::gated_delta) l2normalise(q, p.l2norm, p.eps);
+          for (std::size_t j = 0; j < dv; ++j) {
+            double acc = 0;
+            for (std::size_t d = 0; d < dk; ++d) acc += st[d * dv + j] * scale * q[d];
+            o[qtok * dv + j] = acc;
+          }
         }
       }
     }
@@ -146,13 +157,14 @@ inline void recurrent(const problem& p, std::vector<double>& S, std::vector<doub
 // Retention's parallel form (RetNet eq. 5) with the initial state's term
 // scale gamma^(i+1) q_i^T S0; S is not advanced. Dense batches only.
 inline void retention_parallel(const problem& p, const std::vector<double>& S0, std::vector<double>& o) {
-  const std::size_t L = p.seq, H = p.heads, dk = p.dk, dv = p.dv;
+  const std::size_t L = p.seq, H = p.heads, Hk = p.kv_heads, dk = p.dk, dv = p.dv;
   o.assign(p.out_size(), 0.0);
   const double scale = p.scale_value();
   for (std::size_t b = 0; b < p.batch; ++b)
     for (std::size_t h = 0; h < H; ++h) {
-      const double gm = p.gamma_of(h);
-      const double* st = &S0[(b * H + h) * dk * dv];
+      const std::size_t hk = h / p.group();
+      const double gm = p.gamma_of(hk);
+      const double* st = &S0[(b * Hk + hk) * dk * dv];
       for (std::size_t i = 0; i < L; ++i) {
         const std::size_t ti = (b * L + i) * H + h;
         for (std::size_t j = 0; j < dv; ++j) {
@@ -161,7 +173,7 @@ inline void retention_parallel(const problem& p, const std::vector<double>& S0, 
           o[ti * dv + j] = scale * std::pow(gm, double(i + 1)) * acc;
         }
         for (std::size_t jt = 0; jt <= i; ++jt) {
-          const std::size_t tj = (b * L + jt) * H + h;
+          const std::size_t tj = (b * L + jt) * Hk + hk;
           double qk = 0;
           for (std::size_t d = 0; d < dk; ++d) qk += double(p.q[ti * dk + d]) * double(p.key[tj * dk + d]);
           const double w = scale * qk * std::pow(gm, double(i - jt));
@@ -192,6 +204,7 @@ struct run_options {
   mode m = mode::chunk;
   tokmix::index_t chunk = 64;
   tokmix::exec_policy policy;
+  tokmix::index_t state_heads = -1;  // -1: kv_heads (error tests change it)
 };
 
 template <class State>
@@ -199,72 +212,92 @@ void load_state(State& st, const std::vector<float>& s) {
   std::copy(s.begin(), s.end(), st.S().data());
 }
 
-// Runs tokmix on p from state S (float, [n_states, heads, dk, dv], updated in
-// place) and returns o. Inputs and o sit inside NaN padding; o's padding must
-// survive.
+// Runs tokmix on p from state S (float, [n_states, kv_heads, dk, dv], updated
+// in place) and returns o. Inputs and o sit inside NaN padding; o's padding
+// must survive. A call that throws must leave o (all NaN) and the state as
+// they were; the exception then reaches the caller.
 inline std::vector<float> run(const problem& p, std::vector<float>& S, const run_options& opt) {
   using namespace tokmix;
-  const index_t B = index_t(p.batch), L = index_t(p.seq), H = index_t(p.heads), dk = index_t(p.dk),
-                dv = index_t(p.dv);
+  const index_t B = index_t(p.batch), L = index_t(p.seq), H = index_t(p.heads), Hk = index_t(p.kv_heads),
+                dk = index_t(p.dk), dv = index_t(p.dv);
+  const index_t Hg = p.gate_heads ? index_t(p.gate_heads) : Hk, Hs = opt.state_heads < 0 ? Hk : opt.state_heads;
   padded q(p.q), k(p.key), v(p.v), g(p.g), beta(p.beta), o(p.out_size());
-  const tensor_view<const float, 4> qv(q.buf.data(), {B, L, H, dk}), kv(k.buf.data(), {B, L, H, dk}),
-      vv(v.buf.data(), {B, L, H, dv});
+  const tensor_view<const float, 4> qv(q.buf.data(), {B, L, H, dk}), kv(k.buf.data(), {B, L, Hk, dk}),
+      vv(v.buf.data(), {B, L, Hk, dv});
   const tensor_view<float, 4> ov(o.buf.data(), {B, L, H, dv});
-  const tensor_view<const float, 4> g4(g.buf.data(), {B, L, H, dk});
-  const tensor_view<const float, 3> g3(g.buf.data(), {B, L, H}), b3(beta.buf.data(), {B, L, H});
+  const tensor_view<const float, 4> g4(g.buf.data(), {B, L, Hg, dk});
+  const tensor_view<const float, 3> g3(g.buf.data(), {B, L, Hg}), b3(beta.buf.data(), {B, L, Hg});
   tensor_view<const std::int32_t, 1> cu;
   if (!p.cu.empty()) cu = tensor_view<const std::int32_t, 1>(p.cu.data(), {index_t(p.cu.size())});
   const index_t ns = index_t(p.n_states());
 
-  // Step mode: token t of every batch entry is one call on [B, H, d] slices.
-  auto tok3 = [&](const float* base, index_t t, index_t d) {
-    return tensor_view<const float, 3>(base + t * H * d, {B, H, d}, {L * H * d, d, 1});
+  // Step mode: token t of every batch entry is one call on [B, heads, d] slices
+  // (heads = H for q and o, Hk for k and v, Hg for the gates).
+  auto tok3 = [&](const float* base, index_t t, index_t d, index_t n = -1) {
+    const index_t nh = n < 0 ? Hk : n;
+    return tensor_view<const float, 3>(base + t * nh * d, {B, nh, d}, {L * nh * d, d, 1});
   };
   auto tok2 = [&](const float* base, index_t t) {
-    return tensor_view<const float, 2>(base + t * H, {B, H}, {L * H, 1});
+    return tensor_view<const float, 2>(base + t * Hg, {B, Hg}, {L * Hg, 1});
+  };
+  auto guarded = [&](auto& st, auto&& call) {
+    try {
+      call();
+    } catch (...) {
+      CHECK(std::equal(S.begin(), S.end(), st.S().data()));
+      CHECK(st.S().size() == index_t(S.size()));
+      bool all_nan = true;
+      for (float x : o.buf.storage) all_nan &= std::isnan(x);
+      CHECK(all_nan);
+      throw;
+    }
   };
   auto out3 = [&](index_t t) { return tensor_view<float, 3>(o.buf.data() + t * H * dv, {B, H, dv}, {L * H * dv, dv, 1}); };
 
   switch (p.k) {
     case recurrence_ref::kind::gla: {
-      gla_state st(ns, H, dk, dv);
+      gla_state st(ns, Hs, dk, dv);
       load_state(st, S);
       gla_params prm;
       prm.scale = p.scale;
       prm.chunk_size = opt.chunk;
       prm.cu_seqlens = cu;
       prm.policy = opt.policy;
-      if (opt.m == mode::chunk) gla_chunk_prefill(qv, kv, vv, g4, ov, st, prm);
-      else if (opt.m == mode::recurrent) gla_recurrent_prefill(qv, kv, vv, g4, ov, st, prm);
-      else
-        for (index_t t = 0; t < L; ++t)
-          gla_step(tok3(q.buf.data(), t, dk), tok3(k.buf.data(), t, dk), tok3(v.buf.data(), t, dv),
-                   tok3(g.buf.data(), t, dk), out3(t), st, prm);
+      guarded(st, [&] {
+        if (opt.m == mode::chunk) gla_chunk_prefill(qv, kv, vv, g4, ov, st, prm);
+        else if (opt.m == mode::recurrent) gla_recurrent_prefill(qv, kv, vv, g4, ov, st, prm);
+        else
+          for (index_t t = 0; t < L; ++t)
+            gla_step(tok3(q.buf.data(), t, dk, H), tok3(k.buf.data(), t, dk), tok3(v.buf.data(), t, dv),
+                     tok3(g.buf.data(), t, dk, Hg), out3(t), st, prm);
+      });
       std::copy(st.S().data(), st.S().data() + S.size(), S.begin());
       break;
     }
     case recurrence_ref::kind::retention: {
-      retention_state st(ns, H, dk, dv);
+      retention_state st(ns, Hs, dk, dv);
       load_state(st, S);
       retention_params prm;
-      if (!p.gamma.empty()) prm.gamma = tensor_view<const float, 1>(p.gamma.data(), {H});
+      if (!p.gamma.empty()) prm.gamma = tensor_view<const float, 1>(p.gamma.data(), {Hg});
       prm.scale = p.scale;
       prm.chunk_size = opt.chunk;
       prm.cu_seqlens = cu;
       prm.policy = opt.policy;
-      if (opt.m == mode::chunk) retention_chunk_prefill(qv, kv, vv, ov, st, prm);
-      else if (opt.m == mode::recurrent) retention_recurrent_prefill(qv, kv, vv, ov, st, prm);
-      else
-        for (index_t t = 0; t < L; ++t)
-          retention_step(tok3(q.buf.data(), t, dk), tok3(k.buf.data(), t, dk), tok3(v.buf.data(), t, dv), out3(t),
-                         st, prm);
+      guarded(st, [&] {
+        if (opt.m == mode::chunk) retention_chunk_prefill(qv, kv, vv, ov, st, prm);
+        else if (opt.m == mode::recurrent) retention_recurrent_prefill(qv, kv, vv, ov, st, prm);
+        else
+          for (index_t t = 0; t < L; ++t)
+            retention_step(tok3(q.buf.data(), t, dk, H), tok3(k.buf.data(), t, dk), tok3(v.buf.data(), t, dv),
+                           out3(t), st, prm);
+      });
       std::copy(st.S().data(), st.S().data() + S.size(), S.begin());
       break;
     }
     case recurrence_ref::kind::delta:
     case recurrence_ref::kind::gated_delta: {
       const bool gated = p.k == recurrence_ref::kind::gated_delta;
-      delta_rule_state st(ns, H, dk, dv);
+      delta_rule_state st(ns, Hs, dk, dv);
       load_state(st, S);
       delta_rule_params prm;
       prm.scale = p.scale;
@@ -273,19 +306,23 @@ inline std::vector<float> run(const problem& p, std::vector<float>& S, const run
       prm.chunk_size = opt.chunk;
       prm.cu_seqlens = cu;
       prm.policy = opt.policy;
-      if (opt.m == mode::chunk) {
-        if (gated) gated_delta_rule_chunk_prefill(qv, kv, vv, g3, b3, ov, st, prm);
-        else delta_rule_chunk_prefill(qv, kv, vv, b3, ov, st, prm);
-      } else if (opt.m == mode::recurrent) {
-        if (gated) gated_delta_rule_recurrent_prefill(qv, kv, vv, g3, b3, ov, st, prm);
-        else delta_rule_recurrent_prefill(qv, kv, vv, b3, ov, st, prm);
-      } else {
-        for (index_t t = 0; t < L; ++t) {
-          const auto qt = tok3(q.buf.data(), t, dk), kt = tok3(k.buf.data(), t, dk), vt = tok3(v.buf.data(), t, dv);
-          if (gated) gated_delta_rule_step(qt, kt, vt, tok2(g.buf.data(), t), tok2(beta.buf.data(), t), out3(t), st, prm);
-          else delta_rule_step(qt, kt, vt, tok2(beta.buf.data(), t), out3(t), st, prm);
+      guarded(st, [&] {
+        if (opt.m == mode::chunk) {
+          if (gated) gated_delta_rule_chunk_prefill(qv, kv, vv, g3, b3, ov, st, prm);
+          else delta_rule_chunk_prefill(qv, kv, vv, b3, ov, st, prm);
+        } else if (opt.m == mode::recurrent) {
+          if (gated) gated_delta_rule_recurrent_prefill(qv, kv, vv, g3, b3, ov, st, prm);
+          else delta_rule_recurrent_prefill(qv, kv, vv, b3, ov, st, prm);
+        } else {
+          for (index_t t = 0; t < L; ++t) {
+            const auto qt = tok3(q.buf.data(), t, dk, H), kt = tok3(k.buf.data(), t, dk), vt = tok3(v.buf.data(), t, dv);
+            if (gated)
+              gated_delta_rule_step(qt, kt, vt, tok2(g.buf.data(), t), tok2(beta.buf.data(), t), out3(t), st, prm);
+            else
+              delta_rule_step(qt, kt, vt, tok2(beta.buf.data(), t), out3(t), st, prm);
+          }
         }
-      }
+      });
       std::copy(st.S().data(), st.S().data() + S.size(), S.begin());
       break;
     }
@@ -330,6 +367,7 @@ inline void check_mode(const problem& p, const run_options& opt, double tol, uns
   const std::vector<float> o = run(p, S, opt);
   const double eo = scaled_error(o, orf), es = scaled_error(S, Sr);
   INFO("mode " << int(opt.m) << " chunk " << opt.chunk << " B " << p.batch << " L " << p.seq << " H " << p.heads
+               << " Hkv " << p.kv_heads
                << " dk " << p.dk << " dv " << p.dv << ": out err " << eo << ", state err " << es);
   CHECK(eo <= tol);
   CHECK(es <= tol);
@@ -339,19 +377,20 @@ inline void check_mode(const problem& p, const run_options& opt, double tol, uns
 inline problem slice(const problem& p, std::size_t t0, std::size_t t1) {
   problem r = p;
   r.seq = t1 - t0;
+  // per_tok: floats per token of every head.
   auto cut = [&](const std::vector<float>& x, std::size_t per_tok) {
     std::vector<float> out;
     if (x.empty()) return out;
     for (std::size_t b = 0; b < p.batch; ++b)
-      out.insert(out.end(), x.begin() + std::ptrdiff_t((b * p.seq + t0) * p.heads * per_tok),
-                 x.begin() + std::ptrdiff_t((b * p.seq + t1) * p.heads * per_tok));
+      out.insert(out.end(), x.begin() + std::ptrdiff_t((b * p.seq + t0) * per_tok),
+                 x.begin() + std::ptrdiff_t((b * p.seq + t1) * per_tok));
     return out;
   };
-  r.q = cut(p.q, p.dk);
-  r.key = cut(p.key, p.dk);
-  r.v = cut(p.v, p.dv);
-  r.g = cut(p.g, p.k == kind::gla ? p.dk : 1);
-  r.beta = cut(p.beta, 1);
+  r.q = cut(p.q, p.heads * p.dk);
+  r.key = cut(p.key, p.kv_heads * p.dk);
+  r.v = cut(p.v, p.kv_heads * p.dv);
+  r.g = cut(p.g, p.kv_heads * (p.k == kind::gla ? p.dk : 1));
+  r.beta = cut(p.beta, p.kv_heads);
   return r;
 }
 
@@ -378,8 +417,8 @@ inline void sweep(kind k, gates regime, double tol) {
 
 // prefill(L1) then prefill(L2) from the carried state == prefill(L1 + L2); the
 // token loop then steps == the token loop over everything, bit for bit.
-inline void chaining(kind k, gates regime, double tol) {
-  const problem p = make_problem(k, 2, 150, 3, 24, 40, 321, regime);
+inline void chaining(kind k, gates regime, double tol, std::size_t heads = 3, std::size_t kv_heads = 0) {
+  const problem p = make_problem(k, 2, 150, heads, 24, 40, 321, regime, kv_heads);
   for (std::size_t split : {std::size_t(1), std::size_t(64), std::size_t(97)}) {
     const problem a = slice(p, 0, split), b = slice(p, split, p.seq);
     std::vector<float> S_whole = random_state(p, 5), S_parts = S_whole;
@@ -413,15 +452,15 @@ inline void chaining(kind k, gates regime, double tol) {
 }
 
 // Packed sequences (cu_seqlens, with an empty one) == each sequence on its own state.
-inline void varlen(kind k, double tol) {
-  problem p = make_problem(k, 1, 140, 2, 20, 12, 77);
+inline void varlen(kind k, double tol, std::size_t heads = 2, std::size_t kv_heads = 0) {
+  problem p = make_problem(k, 1, 140, heads, 20, 12, 77, gates::mild, kv_heads);
   p.cu = {0, 33, 33, 100, 140};
   for (mode m : {mode::chunk, mode::recurrent}) check_mode(p, {m, 16, {}}, tol);
 }
 
-// Two threads give the serial result bit for bit (one item per sequence x head).
-inline void threads_match(kind k) {
-  const problem p = make_problem(k, 2, 90, 3, 32, 32, 55);
+// Two threads give the serial result bit for bit (one item per sequence x kv head).
+inline void threads_match(kind k, std::size_t heads = 3, std::size_t kv_heads = 0) {
+  const problem p = make_problem(k, 2, 90, heads, 32, 32, 55, gates::mild, kv_heads);
   for (mode m : {mode::chunk, mode::recurrent}) {
     std::vector<float> S1 = random_state(p, 8), S2 = S1;
     const std::vector<float> o1 = run(p, S1, {m, 32, tokmix::exec_policy::serial()});
@@ -443,6 +482,121 @@ inline void long_sequence(kind k, gates regime, double tol) {
   INFO("regime " << int(regime) << ": out err " << scaled_error(o, orf) << ", state err " << scaled_error(S, Sr));
   CHECK(scaled_error(o, orf) <= tol);
   CHECK(scaled_error(S, Sr) <= tol);
+}
+
+// ---- grouped heads (GQA / MQA) ------------------------------------------------
+
+// The ungrouped problem whose kv side (k, v, gates, beta, retention's decays)
+// is p's repeated to every query head of a group: what grouped heads must
+// reproduce, each repeated state identical.
+inline problem repeat_kv(const problem& p) {
+  const std::size_t G = p.group(), Hk = p.kv_heads;
+  problem r = p;
+  r.kv_heads = p.heads;
+  auto widen = [&](const std::vector<float>& x, std::size_t per_head) {
+    std::vector<float> out;
+    out.reserve(x.size() * G);
+    for (std::size_t tok = 0; tok < x.size() / (Hk * per_head); ++tok)
+      for (std::size_t h = 0; h < Hk; ++h)
+        for (std::size_t j = 0; j < G; ++j)
+          out.insert(out.end(), x.begin() + std::ptrdiff_t((tok * Hk + h) * per_head),
+                     x.begin() + std::ptrdiff_t((tok * Hk + h + 1) * per_head));
+    return out;
+  };
+  r.key = widen(p.key, p.dk);
+  r.v = widen(p.v, p.dv);
+  r.g = widen(p.g, p.k == kind::gla ? p.dk : 1);
+  r.beta = widen(p.beta, 1);
+  if (p.k == kind::retention) {
+    // The decays of the kv heads, also when p uses the default (over kv heads).
+    std::vector<float> gk(Hk);
+    for (std::size_t h = 0; h < Hk; ++h) gk[h] = float(p.gamma_of(h));
+    r.gamma = widen(gk, 1);
+  }
+  return r;
+}
+
+// States [n, kv_heads, dk, dv] of p to [n, heads, dk, dv] (each repeated G
+// times), or with `back`, the ungrouped states of heads h * G as [n, kv_heads, dk, dv].
+inline std::vector<float> regroup_state(const problem& p, const std::vector<float>& S, bool back) {
+  const std::size_t G = p.group(), blk = p.dk * p.dv;
+  std::vector<float> out;
+  for (std::size_t s = 0; s < p.n_states(); ++s)
+    for (std::size_t h = 0; h < p.kv_heads; ++h)
+      for (std::size_t j = 0; j < (back ? 1 : G); ++j) {
+        const std::size_t src = back ? (s * p.heads + h * G) * blk : (s * p.kv_heads + h) * blk;
+        out.insert(out.end(), S.begin() + std::ptrdiff_t(src), S.begin() + std::ptrdiff_t(src + blk));
+      }
+  return out;
+}
+
+// Grouped p through mode m against the ungrouped run on repeat_kv(p) (the same
+// arithmetic per head, so only rounding-level differences are allowed) and
+// against the grouped float64 recurrence.
+inline void check_grouped(const problem& p, const run_options& opt, double tol, unsigned seed) {
+  const problem u = repeat_kv(p);
+  std::vector<float> S = random_state(p, seed), Su = regroup_state(p, S, false);
+  const std::vector<float> o = run(p, S, opt), ou = run(u, Su, opt);
+  INFO("mode " << int(opt.m) << " chunk " << opt.chunk << " L " << p.seq << " H " << p.heads << " Hkv " << p.kv_heads
+               << " dk " << p.dk << " dv " << p.dv);
+  TOKMIX_REQUIRE_CLOSE(o.data(), ou.data(), o.size(), 1e-6, 1e-5);
+  const std::vector<float> Sk = regroup_state(p, Su, true);
+  TOKMIX_REQUIRE_CLOSE(S.data(), Sk.data(), S.size(), 1e-6, 1e-5);
+  check_mode(p, opt, tol, seed);
+}
+
+// Hq = 4 over Hkv = 2 and Hq = 6 over one kv head (MQA), L = 1, 7, 65 with
+// chunk 16 (last chunk partial), d_k != d_v: chunked, token loop and steps;
+// then a carried state across two prefills, packed sequences with an empty
+// one, and two threads, all grouped.
+inline void grouped(kind k, gates regime, double tol) {
+  const std::size_t shapes[][2] = {{4, 2}, {6, 1}};
+  unsigned seed = 600;
+  for (const auto& hs : shapes) {
+    for (std::size_t L : {1, 7, 65}) {
+      const problem p = make_problem(k, 2, L, hs[0], 24, 40, seed += 13, regime, hs[1]);
+      for (mode m : {mode::chunk, mode::recurrent, mode::step}) check_grouped(p, {m, 16, {}}, tol, seed);
+    }
+    chaining(k, regime, tol, hs[0], hs[1]);
+    varlen(k, tol, hs[0], hs[1]);
+    threads_match(k, hs[0], hs[1]);
+  }
+}
+
+inline void expect_argument_error(const problem& p, const run_options& opt, std::size_t state_heads,
+                                  const std::string& argument) {
+  run_options o = opt;
+  o.state_heads = tokmix::index_t(state_heads);
+  std::vector<float> S = random_floats(p.n_states() * state_heads * p.dk * p.dv, 3);
+  INFO("mode " << int(opt.m) << ", expecting an error on " << argument);
+  try {
+    run(p, S, o);
+    FAIL("no exception");
+  } catch (const tokmix::argument_error& e) {
+    CHECK(e.argument() == argument);
+  }
+}
+
+// Heads that don't divide, a state with heads_q heads, kv-side gates with
+// heads_q heads: each throws naming the argument and writes nothing (run
+// checks o and the state on the way out).
+inline void grouped_errors(kind k) {
+  for (mode m : {mode::chunk, mode::recurrent, mode::step}) {
+    const run_options opt{m, 4, {}};
+    expect_argument_error(make_problem(k, 1, 5, 3, 8, 4, 9, gates::strong, 2), opt, 2, "q heads (dim 2)");
+    expect_argument_error(make_problem(k, 2, 5, 2, 8, 4, 9, gates::strong, 4), opt, 4, "q heads (dim 2)");
+    expect_argument_error(make_problem(k, 1, 5, 0, 8, 4, 9, gates::strong, 2), opt, 2, "q heads (dim 2)");
+    const problem p = make_problem(k, 1, 5, 4, 8, 4, 9, gates::strong, 2);
+    expect_argument_error(p, opt, 4, "state heads");
+    // The same values given per query head, as before grouping.
+    problem wide = repeat_kv(p);
+    wide.kv_heads = p.kv_heads;
+    wide.key = p.key;
+    wide.v = p.v;
+    wide.gate_heads = p.heads;
+    const char* gate = k == kind::gla ? "g" : k == kind::retention ? "gamma" : "beta";
+    expect_argument_error(wide, opt, 2, gate);
+  }
 }
 
 }  // namespace recurrence_ref

@@ -1,7 +1,8 @@
 // Retention against the float64 recurrence and RetNet's quadratic masked form
 // (Q K^T . D) V: chunked == token loop == steps == parallel; default and custom
 // decays, chained prefills, packed batches, threads, L = 65536 with gamma near
-// 0 and near 1; bad inputs throw and write nothing.
+// 0 and near 1; grouped kv heads (decay per kv head); bad inputs throw and
+// write nothing.
 
 #include "tokmix/linear/retention.hpp"
 
@@ -83,4 +84,24 @@ TEST_CASE("retention: bad inputs throw and write nothing", "[linear][retention]"
   CHECK_THROWS_AS(retention_chunk_prefill(V4(q, dk), V4(k, dk), V4(v, dv), ov, st, prm), argument_error);
   for (float x : o) CHECK(x == 7.f);
   CHECK(st.S().data()[0] == 3.f);
+}
+
+TEST_CASE("retention: grouped heads (GQA, MQA) equal the ungrouped mixer on repeated k, v, decays",
+          "[linear][retention][grouped]") {
+  grouped(kind::retention, gates::mild, 2e-5);    // RetNet default over the kv heads
+  grouped(kind::retention, gates::strong, 2e-5);  // gamma given per kv head
+}
+
+TEST_CASE("retention: grouped heads match the quadratic masked form", "[linear][retention][grouped]") {
+  const problem p = make_problem(kind::retention, 2, 65, 6, 24, 40, 71, gates::mild, 2);
+  const std::vector<float> S0 = random_state(p, 4);
+  std::vector<double> opar;
+  retention_parallel(p, to_double(S0), opar);
+  std::vector<float> S = S0;
+  CHECK(scaled_error(run(p, S, {mode::chunk, 16, {}}), opar) <= 2e-5);
+}
+
+TEST_CASE("retention: grouped heads that don't divide, a decay per query head, throw and write nothing",
+          "[linear][retention][grouped]") {
+  grouped_errors(kind::retention);
 }

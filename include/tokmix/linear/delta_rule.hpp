@@ -12,10 +12,17 @@
 //      A. Hatamizadeh, "Gated Delta Networks: Improving Mamba2 with Delta
 //      Rule", ICLR 2025 (sec. 3.3, gated chunkwise form); semantics of fla
 //      chunk_delta_rule / chunk_gated_delta_rule and their fused_recurrent_*
-//      (use_qk_l2norm_in_kernel). For each head:
+//      (use_qk_l2norm_in_kernel). For each kv head (state head) and each
+//      query head of its group:
 //
 //   S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T      alpha_t = exp(g_t), 1 ungated
 //   o_t = S_t^T (scale * q_t)
+//
+// Grouped heads (GQA/MQA, detail/recurrence.hpp): q and o have heads_q heads,
+// k, v, beta and g heads_kv; query head h reads kv head h / (heads_q / heads_kv).
+// The correction reads only k, v, beta and g, so S, T, W and U below are kv
+// quantities, built once per kv head and chunk; only the two q products run
+// per query head.
 //
 // Chunk of c tokens, gamma_i = exp(g_0 + r_i) with r_i = sum_{s=1..i} g_s and
 // Gam_ij = exp(r_i - r_j) (j <= i, all factors <= 1):
@@ -53,8 +60,8 @@ struct delta_rule_params {
   exec_policy policy;
 };
 
-// S per (sequence, head): [batch or n_seqs, heads, d_k, d_v]; initial in, final
-// out. Shared by the plain and the gated delta rule.
+// S per (sequence, kv head): [batch or n_seqs, heads_kv, d_k, d_v]; initial in,
+// final out. Shared by the plain and the gated delta rule.
 class delta_rule_state : public detail::kv_state {
  public:
   using detail::kv_state::kv_state;
@@ -64,8 +71,8 @@ namespace detail {
 
 struct delta_args {
   rec_io io;
-  tensor_view<const float, 3> g;     // [batch, seq, heads] or empty (ungated)
-  tensor_view<const float, 3> beta;  // [batch, seq, heads]
+  tensor_view<const float, 3> g;     // [batch, seq, heads_kv] or empty (ungated)
+  tensor_view<const float, 3> beta;  // [batch, seq, heads_kv]
   bool gated;
   delta_rule_state* state;
   const delta_rule_params* params;
@@ -73,12 +80,12 @@ struct delta_args {
 
 inline void delta_validate(const delta_args& a, bool chunked) {
   rec_validate(a.io, a.params->cu_seqlens, *a.state, chunked, a.params->chunk_size);
-  const auto& q = a.io.q;
+  const auto& k = a.io.k;
   require_layout("beta", a.beta);
-  require_shape("beta", a.beta, {q.dim(0), q.dim(1), q.dim(2)});
+  require_shape("beta", a.beta, {k.dim(0), k.dim(1), k.dim(2)});
   if (a.gated) {
     require_layout("g", a.g);
-    require_shape("g", a.g, {q.dim(0), q.dim(1), q.dim(2)});
+    require_shape("g", a.g, {k.dim(0), k.dim(1), k.dim(2)});
   }
   rec_require_scale(a.params->scale);
   require(std::isfinite(a.params->l2norm_eps) && a.params->l2norm_eps >= 0.f, "l2norm_eps", "finite and >= 0",
@@ -103,10 +110,11 @@ inline void delta_recurrent_kernel(Arch arch, const delta_args& a) {
     float* qs = kn + scratch_frame::bytes_for<float>(dk) / sizeof(float);
     for (index_t t = it.t0; t < it.t1; ++t) {
       rec_normalise(arch, io.k.ptr(it.bi, t, it.h, 0), kn, dk, p.use_qk_l2norm, p.l2norm_eps, 1.f);
-      rec_normalise(arch, io.q.ptr(it.bi, t, it.h, 0), qs, dk, p.use_qk_l2norm, p.l2norm_eps, scale);
+      rec_normalise(arch, io.q.ptr(it.bi, t, it.hq0, 0), qs, dk, p.use_qk_l2norm, p.l2norm_eps, scale);
       const float alpha = gated ? std::exp(a.g(it.bi, t, it.h)) : 1.f;
       rec_delta_update(arch, alpha, a.beta(it.bi, t, it.h), kn, io.v.ptr(it.bi, t, it.h, 0), qs, it.S, dk, dv,
-                       io.o.ptr(it.bi, t, it.h, 0));
+                       io.o.ptr(it.bi, t, it.hq0, 0));
+      rec_group_outputs(arch, io, it, t, qs, p.use_qk_l2norm, p.l2norm_eps, scale);
     }
   });
 }
@@ -198,14 +206,11 @@ inline void delta_chunk_kernel(Arch arch, const delta_args& a) {
           if (r[c] < -rec_max_span) break;
         }
       }
-      const float* qc = io.q.ptr(it.bi, pos, it.h, 0);
       const float* kc = io.k.ptr(it.bi, pos, it.h, 0);
       const float* vcp = io.v.ptr(it.bi, pos, it.h, 0);
-      float* oc = io.o.ptr(it.bi, pos, it.h, 0);
       std::fill(bt, bt + ldt, 0.f);
       for (index_t i = 0; i < c; ++i) {
         rec_normalise(arch, kc + i * ldk, kn + i * dk, dk, p.use_qk_l2norm, p.l2norm_eps, 1.f);
-        rec_normalise(arch, qc + i * ldq, qn + i * dk, dk, p.use_qk_l2norm, p.l2norm_eps, scale);
         bt[i] = a.beta(it.bi, pos + i, it.h);
       }
       if (gated) {
@@ -224,26 +229,30 @@ inline void delta_chunk_kernel(Arch arch, const delta_args& a) {
       }
       delta_build_t(arch, M, C, bt, T, ldt, c);
 
+      // diag(gamma) X for the chunk's rows of x (written to kw), or x itself ungated.
+      auto decayed = [&](const float* x) -> const float* {
+        if (!gated) return x;
+        for (index_t i = 0; i < c; ++i) rec_scale_mul(arch, gam[i], x + i * dk, nullptr, kw + i * dk, dk);
+        return kw;
+      };
+
       // U = T V - T diag(gamma) K S: the values each token writes after the corrections.
-      const float* kg = kn;
-      if (gated) {
-        for (index_t i = 0; i < c; ++i) rec_scale_mul(arch, gam[i], kn + i * dk, nullptr, kw + i * dk, dk);
-        kg = kw;
-      }
-      simd::gemm_nn(c, dk, c, 1.f, T, ldt, kg, dk, 0.f, W, dk);
+      simd::gemm_nn(c, dk, c, 1.f, T, ldt, decayed(kn), dk, 0.f, W, dk);
       simd::gemm_nn(c, dv, c, 1.f, T, ldt, vcp, ldv, 0.f, U, dv);
       simd::gemm_nn(c, dv, dk, -1.f, W, dk, S, dv, 1.f, U, dv);
 
-      // Outputs: decayed carried state, then the masked intra-chunk term.
-      const float* qx = qn;
-      if (gated) {
-        for (index_t i = 0; i < c; ++i) rec_scale_mul(arch, gam[i], qn + i * dk, nullptr, kw + i * dk, dk);
-        qx = kw;
+      // Outputs of each query head of the group: decayed carried state, then
+      // the masked intra-chunk term.
+      for (index_t hq = it.hq0; hq < it.hq0 + it.nq; ++hq) {
+        const float* qc = io.q.ptr(it.bi, pos, hq, 0);
+        float* oc = io.o.ptr(it.bi, pos, hq, 0);
+        for (index_t i = 0; i < c; ++i)
+          rec_normalise(arch, qc + i * ldq, qn + i * dk, dk, p.use_qk_l2norm, p.l2norm_eps, scale);
+        simd::gemm_nn(c, dv, dk, 1.f, decayed(qn), dk, S, dv, 0.f, oc, ldo);
+        simd::gemm_nt(c, c, dk, 1.f, qn, dk, kn, dk, 0.f, M, C);
+        rec_causal_mask(M, C, c, gated ? Gm : nullptr, C);
+        simd::gemm_nn(c, dv, c, 1.f, M, C, U, dv, 1.f, oc, ldo);
       }
-      simd::gemm_nn(c, dv, dk, 1.f, qx, dk, S, dv, 0.f, oc, ldo);
-      simd::gemm_nt(c, c, dk, 1.f, qn, dk, kn, dk, 0.f, M, C);
-      rec_causal_mask(M, C, c, gated ? Gm : nullptr, C);
-      simd::gemm_nn(c, dv, c, 1.f, M, C, U, dv, 1.f, oc, ldo);
 
       // State: S' = gamma_{c-1} S + Kend^T U.
       const float* ke = kn;
@@ -268,12 +277,12 @@ inline tensor_view<const float, 3> delta_no_gate() { return tensor_view<const fl
 // fla chunk_delta_rule(q, k, v, beta, scale, initial_state, output_final_state=True,
 // use_qk_l2norm_in_kernel): chunked prefill, initial state from `state`, final
 // state left in it. `o` must not overlap any input.
-inline void delta_rule_chunk_prefill(tensor_view<const float, 4> q,     // [batch, seq, heads, d_k]
-                                     tensor_view<const float, 4> k,     // [batch, seq, heads, d_k]
-                                     tensor_view<const float, 4> v,     // [batch, seq, heads, d_v]
-                                     tensor_view<const float, 3> beta,  // [batch, seq, heads] in [0, 1]
-                                     tensor_view<float, 4> o,           // [batch, seq, heads, d_v]
-                                     delta_rule_state& state,           // [batch or n_seqs, heads, d_k, d_v]
+inline void delta_rule_chunk_prefill(tensor_view<const float, 4> q,     // [batch, seq, heads_q, d_k]
+                                     tensor_view<const float, 4> k,     // [batch, seq, heads_kv, d_k]
+                                     tensor_view<const float, 4> v,     // [batch, seq, heads_kv, d_v]
+                                     tensor_view<const float, 3> beta,  // [batch, seq, heads_kv] in [0, 1]
+                                     tensor_view<float, 4> o,           // [batch, seq, heads_q, d_v]
+                                     delta_rule_state& state,           // [batch or n_seqs, heads_kv, d_k, d_v]
                                      const delta_rule_params& params = {}) {
   const detail::delta_args a{{q, k, v, o}, detail::delta_no_gate(), beta, false, &state, &params};
   detail::delta_validate(a, true);
@@ -282,12 +291,12 @@ inline void delta_rule_chunk_prefill(tensor_view<const float, 4> q,     // [batc
 
 // The token recurrence (fla fused_recurrent_delta_rule): the baseline of the
 // chunked form, and what delta_rule_step runs.
-inline void delta_rule_recurrent_prefill(tensor_view<const float, 4> q,     // [batch, seq, heads, d_k]
-                                         tensor_view<const float, 4> k,     // [batch, seq, heads, d_k]
-                                         tensor_view<const float, 4> v,     // [batch, seq, heads, d_v]
-                                         tensor_view<const float, 3> beta,  // [batch, seq, heads]
-                                         tensor_view<float, 4> o,           // [batch, seq, heads, d_v]
-                                         delta_rule_state& state,           // [batch or n_seqs, heads, d_k, d_v]
+inline void delta_rule_recurrent_prefill(tensor_view<const float, 4> q,     // [batch, seq, heads_q, d_k]
+                                         tensor_view<const float, 4> k,     // [batch, seq, heads_kv, d_k]
+                                         tensor_view<const float, 4> v,     // [batch, seq, heads_kv, d_v]
+                                         tensor_view<const float, 3> beta,  // [batch, seq, heads_kv]
+                                         tensor_view<float, 4> o,           // [batch, seq, heads_q, d_v]
+                                         delta_rule_state& state,           // [batch or n_seqs, heads_kv, d_k, d_v]
                                          const delta_rule_params& params = {}) {
   const detail::delta_args a{{q, k, v, o}, detail::delta_no_gate(), beta, false, &state, &params};
   detail::delta_validate(a, false);
@@ -295,12 +304,12 @@ inline void delta_rule_recurrent_prefill(tensor_view<const float, 4> q,     // [
 }
 
 // One token per batch entry on the state a prefill leaves.
-inline void delta_rule_step(tensor_view<const float, 3> q,     // [batch, heads, d_k]
-                            tensor_view<const float, 3> k,     // [batch, heads, d_k]
-                            tensor_view<const float, 3> v,     // [batch, heads, d_v]
-                            tensor_view<const float, 2> beta,  // [batch, heads]
-                            tensor_view<float, 3> o,           // [batch, heads, d_v]
-                            delta_rule_state& state,           // [batch, heads, d_k, d_v]
+inline void delta_rule_step(tensor_view<const float, 3> q,     // [batch, heads_q, d_k]
+                            tensor_view<const float, 3> k,     // [batch, heads_kv, d_k]
+                            tensor_view<const float, 3> v,     // [batch, heads_kv, d_v]
+                            tensor_view<const float, 2> beta,  // [batch, heads_kv]
+                            tensor_view<float, 3> o,           // [batch, heads_q, d_v]
+                            delta_rule_state& state,           // [batch, heads_kv, d_k, d_v]
                             const delta_rule_params& params = {}) {
   require(!detail::rec_given(params.cu_seqlens), "cu_seqlens", "empty for a step (one token per batch entry)",
           "size " + std::to_string(params.cu_seqlens.dim(0)));
@@ -311,13 +320,13 @@ inline void delta_rule_step(tensor_view<const float, 3> q,     // [batch, heads,
 
 // fla chunk_gated_delta_rule: as delta_rule_chunk_prefill with S_{t-1} first
 // multiplied by exp(g_t).
-inline void gated_delta_rule_chunk_prefill(tensor_view<const float, 4> q,     // [batch, seq, heads, d_k]
-                                           tensor_view<const float, 4> k,     // [batch, seq, heads, d_k]
-                                           tensor_view<const float, 4> v,     // [batch, seq, heads, d_v]
-                                           tensor_view<const float, 3> g,     // [batch, seq, heads] log decay, <= 0
-                                           tensor_view<const float, 3> beta,  // [batch, seq, heads] in [0, 1]
-                                           tensor_view<float, 4> o,           // [batch, seq, heads, d_v]
-                                           delta_rule_state& state,           // [batch or n_seqs, heads, d_k, d_v]
+inline void gated_delta_rule_chunk_prefill(tensor_view<const float, 4> q,     // [batch, seq, heads_q, d_k]
+                                           tensor_view<const float, 4> k,     // [batch, seq, heads_kv, d_k]
+                                           tensor_view<const float, 4> v,     // [batch, seq, heads_kv, d_v]
+                                           tensor_view<const float, 3> g,     // [batch, seq, heads_kv] log decay, <= 0
+                                           tensor_view<const float, 3> beta,  // [batch, seq, heads_kv] in [0, 1]
+                                           tensor_view<float, 4> o,           // [batch, seq, heads_q, d_v]
+                                           delta_rule_state& state,           // [batch or n_seqs, heads_kv, d_k, d_v]
                                            const delta_rule_params& params = {}) {
   const detail::delta_args a{{q, k, v, o}, g, beta, true, &state, &params};
   detail::delta_validate(a, true);
@@ -325,13 +334,13 @@ inline void gated_delta_rule_chunk_prefill(tensor_view<const float, 4> q,     //
 }
 
 // fla fused_recurrent_gated_delta_rule: the token recurrence of the gated form.
-inline void gated_delta_rule_recurrent_prefill(tensor_view<const float, 4> q,     // [batch, seq, heads, d_k]
-                                               tensor_view<const float, 4> k,     // [batch, seq, heads, d_k]
-                                               tensor_view<const float, 4> v,     // [batch, seq, heads, d_v]
-                                               tensor_view<const float, 3> g,     // [batch, seq, heads]
-                                               tensor_view<const float, 3> beta,  // [batch, seq, heads]
-                                               tensor_view<float, 4> o,           // [batch, seq, heads, d_v]
-                                               delta_rule_state& state,  // [batch or n_seqs, heads, d_k, d_v]
+inline void gated_delta_rule_recurrent_prefill(tensor_view<const float, 4> q,     // [batch, seq, heads_q, d_k]
+                                               tensor_view<const float, 4> k,     // [batch, seq, heads_kv, d_k]
+                                               tensor_view<const float, 4> v,     // [batch, seq, heads_kv, d_v]
+                                               tensor_view<const float, 3> g,     // [batch, seq, heads_kv]
+                                               tensor_view<const float, 3> beta,  // [batch, seq, heads_kv]
+                                               tensor_view<float, 4> o,           // [batch, seq, heads_q, d_v]
+                                               delta_rule_state& state,  // [batch or n_seqs, heads_kv, d_k, d_v]
                                                const delta_rule_params& params = {}) {
   const detail::delta_args a{{q, k, v, o}, g, beta, true, &state, &params};
   detail::delta_validate(a, false);
@@ -339,13 +348,13 @@ inline void gated_delta_rule_recurrent_prefill(tensor_view<const float, 4> q,   
 }
 
 // One token per batch entry of the gated delta rule.
-inline void gated_delta_rule_step(tensor_view<const float, 3> q,     // [batch, heads, d_k]
-                                  tensor_view<const float, 3> k,     // [batch, heads, d_k]
-                                  tensor_view<const float, 3> v,     // [batch, heads, d_v]
-                                  tensor_view<const float, 2> g,     // [batch, heads]
-                                  tensor_view<const float, 2> beta,  // [batch, heads]
-                                  tensor_view<float, 3> o,           // [batch, heads, d_v]
-                                  delta_rule_state& state,           // [batch, heads, d_k, d_v]
+inline void gated_delta_rule_step(tensor_view<const float, 3> q,     // [batch, heads_q, d_k]
+                                  tensor_view<const float, 3> k,     // [batch, heads_kv, d_k]
+                                  tensor_view<const float, 3> v,     // [batch, heads_kv, d_v]
+                                  tensor_view<const float, 2> g,     // [batch, heads_kv]
+                                  tensor_view<const float, 2> beta,  // [batch, heads_kv]
+                                  tensor_view<float, 3> o,           // [batch, heads_q, d_v]
+                                  delta_rule_state& state,           // [batch, heads_kv, d_k, d_v]
                                   const delta_rule_params& params = {}) {
   require(!detail::rec_given(params.cu_seqlens), "cu_seqlens", "empty for a step (one token per batch entry)",
           "size " + std::to_string(params.cu_seqlens.dim(0)));

@@ -7,10 +7,17 @@
 // ref: S. Yang, B. Wang, Y. Shen, R. Panda, Y. Kim, "Gated Linear Attention
 //      Transformers with Hardware-Efficient Training", ICML 2024 (sec. 4,
 //      chunkwise form with chunk-relative cumulative gates); semantics of fla
-//      chunk_gla / fused_recurrent_gla. For each head:
+//      chunk_gla / fused_recurrent_gla. For each kv head (state head) and
+//      each query head h of its group:
 //
 //   S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T        g_t = log alpha_t <= 0, shape of k_t
-//   o_t = S_t^T (scale * q_t)
+//   o_t = S_t^T (scale * q_{t,h})
+//
+// Grouped heads (GQA/MQA, detail/recurrence.hpp): q and o have heads_q heads,
+// k, v and g heads_kv; query head h reads kv head h / (heads_q / heads_kv).
+// The gate is per key channel, so it belongs to the kv side with k: S depends
+// on k, v, g only and is kept (and updated) once per kv head; only the q
+// products run per query head.
 //
 // Chunk of c tokens starting at token 0 of the chunk, r_i = sum_{s=1..i} g_s
 // (the first token's gate g_0 left out, so a huge g_0 never swamps the sums):
@@ -47,7 +54,7 @@ struct gla_params {
   exec_policy policy;
 };
 
-// S per (sequence, head): [batch or n_seqs, heads, d_k, d_v]; initial in, final out.
+// S per (sequence, kv head): [batch or n_seqs, heads_kv, d_k, d_v]; initial in, final out.
 class gla_state : public detail::kv_state {
  public:
   using detail::kv_state::kv_state;
@@ -57,7 +64,7 @@ namespace detail {
 
 struct gla_args {
   rec_io io;
-  tensor_view<const float, 4> g;  // [batch, seq, heads, d_k]
+  tensor_view<const float, 4> g;  // [batch, seq, heads_kv, d_k]
   gla_state* state;
   const gla_params* params;
 };
@@ -65,7 +72,7 @@ struct gla_args {
 inline void gla_validate(const gla_args& a, bool chunked) {
   rec_validate(a.io, a.params->cu_seqlens, *a.state, chunked, a.params->chunk_size);
   require_layout("g", a.g);
-  require_shape<const float, 4>("g", a.g, a.io.q.dims());
+  require_shape<const float, 4>("g", a.g, a.io.k.dims());
   rec_require_scale(a.params->scale);
   rec_require_values("g", a.g, -std::numeric_limits<float>::max(), 0.f);
 }
@@ -84,9 +91,10 @@ inline void gla_recurrent_kernel(Arch arch, const gla_args& a) {
     float* qs = decay + scratch_frame::bytes_for<float>(dk) / sizeof(float);
     for (index_t t = it.t0; t < it.t1; ++t) {
       rec_exp_rel(arch, a.g.ptr(it.bi, t, it.h, 0), 0.f, 1.f, decay, dk);
-      rec_scale_mul(arch, scale, io.q.ptr(it.bi, t, it.h, 0), nullptr, qs, dk);
+      rec_scale_mul(arch, scale, io.q.ptr(it.bi, t, it.hq0, 0), nullptr, qs, dk);
       rec_decay_update(arch, decay, io.k.ptr(it.bi, t, it.h, 0), io.v.ptr(it.bi, t, it.h, 0), qs, it.S, dk, dv,
-                       io.o.ptr(it.bi, t, it.h, 0));
+                       io.o.ptr(it.bi, t, it.hq0, 0));
+      rec_group_outputs(arch, io, it, t, qs, false, 0.f, scale);
     }
   }, a.g);
 }
@@ -134,7 +142,7 @@ inline void gla_chunk_kernel(Arch arch, const gla_args& a) {
       p += bytes / sizeof(float);
       return r;
     };
-    float* r = take(mat);     // [C, d_k] chunk-relative cumulative gates
+    float* r = take(mat);     // [C, d_k] chunk-relative cumulative gates r_i, then exp(r_i)
     float* qi = take(mat);    // [C, d_k] scale q_i exp(r_i)
     float* kg = take(mat);    // [C, d_k] k_j exp(-r_j)
     float* qx = take(mat);    // [C, d_k] scale q_i exp(g_0 + r_i)
@@ -154,29 +162,34 @@ inline void gla_chunk_kernel(Arch arch, const gla_args& a) {
         const float mn = gla_cumsum_row(arch, r + (c - 1) * dk, g0 + c * ldg, r + c * dk, dk);
         if (mn < -rec_max_span) break;
       }
-      const float* qc = io.q.ptr(it.bi, pos, it.h, 0);
       const float* kc = io.k.ptr(it.bi, pos, it.h, 0);
       const float* vc = io.v.ptr(it.bi, pos, it.h, 0);
-      float* oc = io.o.ptr(it.bi, pos, it.h, 0);
 
+      // The kv side, once for the whole group: gate factors and scaled keys.
       rec_exp_rel(arch, g0, 0.f, 1.f, e0, dk);
       rec_exp_rel(arch, r + (c - 1) * dk, 0.f, 1.f, el, dk);
       rec_scale_mul(arch, 1.f, e0, el, ec, dk);
       for (index_t i = 0; i < c; ++i) {
-        float* row = qx + i * dk;  // exp(r_i) staged here, overwritten below
-        rec_exp_rel(arch, r + i * dk, 0.f, 1.f, row, dk);
-        rec_scale_mul(arch, scale, qc + i * ldq, row, qi + i * dk, dk);
-        rec_scale_mul(arch, 1.f, qi + i * dk, e0, row, dk);
-        float* krow = ke + i * dk;
+        float* krow = ke + i * dk;  // exp(-r_i) staged here, overwritten below
         rec_exp_rel(arch, r + i * dk, 0.f, -1.f, krow, dk);
+        rec_exp_rel(arch, r + i * dk, 0.f, 1.f, r + i * dk, dk);
         rec_scale_mul(arch, 1.f, kc + i * ldk, krow, kg + i * dk, dk);
         rec_scale_mul(arch, 1.f, kg + i * dk, el, krow, dk);
       }
-      // Inter-chunk term from the carried state, then the masked intra-chunk term.
-      simd::gemm_nn(c, dv, dk, 1.f, qx, dk, S, dv, 0.f, oc, ldo);
-      simd::gemm_nt(c, c, dk, 1.f, qi, dk, kg, dk, 0.f, A, C);
-      rec_causal_mask(A, C, c, nullptr, 0);
-      simd::gemm_nn(c, dv, c, 1.f, A, C, vc, ldv, 1.f, oc, ldo);
+      // Per query head, on the carried state: inter-chunk term, then the
+      // masked intra-chunk term.
+      for (index_t hq = it.hq0; hq < it.hq0 + it.nq; ++hq) {
+        const float* qc = io.q.ptr(it.bi, pos, hq, 0);
+        float* oc = io.o.ptr(it.bi, pos, hq, 0);
+        for (index_t i = 0; i < c; ++i) {
+          rec_scale_mul(arch, scale, qc + i * ldq, r + i * dk, qi + i * dk, dk);
+          rec_scale_mul(arch, 1.f, qi + i * dk, e0, qx + i * dk, dk);
+        }
+        simd::gemm_nn(c, dv, dk, 1.f, qx, dk, S, dv, 0.f, oc, ldo);
+        simd::gemm_nt(c, c, dk, 1.f, qi, dk, kg, dk, 0.f, A, C);
+        rec_causal_mask(A, C, c, nullptr, 0);
+        simd::gemm_nn(c, dv, c, 1.f, A, C, vc, ldv, 1.f, oc, ldo);
+      }
       rec_scale_state_rows(arch, S, dk, dv, ec);
       simd::gemm_tn(dk, dv, c, 1.f, ke, dk, vc, ldv, 1.f, S, dv);
       pos += c;
@@ -189,12 +202,12 @@ inline void gla_chunk_kernel(Arch arch, const gla_args& a) {
 // fla chunk_gla(q, k, v, g, scale, initial_state, output_final_state=True):
 // the chunked prefill, initial state taken from `state`, final state left in it.
 // `o` must not overlap any input.
-inline void gla_chunk_prefill(tensor_view<const float, 4> q,  // [batch, seq, heads, d_k]
-                              tensor_view<const float, 4> k,  // [batch, seq, heads, d_k]
-                              tensor_view<const float, 4> v,  // [batch, seq, heads, d_v]
-                              tensor_view<const float, 4> g,  // [batch, seq, heads, d_k] log decay, finite, <= 0
-                              tensor_view<float, 4> o,        // [batch, seq, heads, d_v]
-                              gla_state& state,               // [batch or n_seqs, heads, d_k, d_v]
+inline void gla_chunk_prefill(tensor_view<const float, 4> q,  // [batch, seq, heads_q, d_k]
+                              tensor_view<const float, 4> k,  // [batch, seq, heads_kv, d_k]
+                              tensor_view<const float, 4> v,  // [batch, seq, heads_kv, d_v]
+                              tensor_view<const float, 4> g,  // [batch, seq, heads_kv, d_k] log decay, finite, <= 0
+                              tensor_view<float, 4> o,        // [batch, seq, heads_q, d_v]
+                              gla_state& state,               // [batch or n_seqs, heads_kv, d_k, d_v]
                               const gla_params& params = {}) {
   const detail::gla_args a{{q, k, v, o}, g, &state, &params};
   detail::gla_validate(a, true);
@@ -203,12 +216,12 @@ inline void gla_chunk_prefill(tensor_view<const float, 4> q,  // [batch, seq, he
 
 // The same result by the token recurrence (fla fused_recurrent_gla): the
 // baseline the chunked form is measured against, and what gla_step runs.
-inline void gla_recurrent_prefill(tensor_view<const float, 4> q,  // [batch, seq, heads, d_k]
-                                  tensor_view<const float, 4> k,  // [batch, seq, heads, d_k]
-                                  tensor_view<const float, 4> v,  // [batch, seq, heads, d_v]
-                                  tensor_view<const float, 4> g,  // [batch, seq, heads, d_k]
-                                  tensor_view<float, 4> o,        // [batch, seq, heads, d_v]
-                                  gla_state& state,               // [batch or n_seqs, heads, d_k, d_v]
+inline void gla_recurrent_prefill(tensor_view<const float, 4> q,  // [batch, seq, heads_q, d_k]
+                                  tensor_view<const float, 4> k,  // [batch, seq, heads_kv, d_k]
+                                  tensor_view<const float, 4> v,  // [batch, seq, heads_kv, d_v]
+                                  tensor_view<const float, 4> g,  // [batch, seq, heads_kv, d_k]
+                                  tensor_view<float, 4> o,        // [batch, seq, heads_q, d_v]
+                                  gla_state& state,               // [batch or n_seqs, heads_kv, d_k, d_v]
                                   const gla_params& params = {}) {
   const detail::gla_args a{{q, k, v, o}, g, &state, &params};
   detail::gla_validate(a, false);
@@ -216,12 +229,12 @@ inline void gla_recurrent_prefill(tensor_view<const float, 4> q,  // [batch, seq
 }
 
 // One token per batch entry on the state a prefill leaves.
-inline void gla_step(tensor_view<const float, 3> q,  // [batch, heads, d_k]
-                     tensor_view<const float, 3> k,  // [batch, heads, d_k]
-                     tensor_view<const float, 3> v,  // [batch, heads, d_v]
-                     tensor_view<const float, 3> g,  // [batch, heads, d_k]
-                     tensor_view<float, 3> o,        // [batch, heads, d_v]
-                     gla_state& state,               // [batch, heads, d_k, d_v]
+inline void gla_step(tensor_view<const float, 3> q,  // [batch, heads_q, d_k]
+                     tensor_view<const float, 3> k,  // [batch, heads_kv, d_k]
+                     tensor_view<const float, 3> v,  // [batch, heads_kv, d_v]
+                     tensor_view<const float, 3> g,  // [batch, heads_kv, d_k]
+                     tensor_view<float, 3> o,        // [batch, heads_q, d_v]
+                     gla_state& state,               // [batch, heads_kv, d_k, d_v]
                      const gla_params& params = {}) {
   require(!detail::rec_given(params.cu_seqlens), "cu_seqlens", "empty for a step (one token per batch entry)",
           "size " + std::to_string(params.cu_seqlens.dim(0)));

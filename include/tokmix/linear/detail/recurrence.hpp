@@ -1,13 +1,23 @@
 #pragma once
 // What GLA, retention and the delta rule share: the d_k x d_v state per
-// (sequence, head), the validation of q/k/v/o, cu_seqlens and gates, the work
-// split over sequences x heads, and the small vector kernels the token loops
-// and the chunk bookkeeping run. Kept in one place so the three mixers agree on
-// shapes, error messages and threading, and a fix lands in all of them.
+// (sequence, kv head), the validation of q/k/v/o, cu_seqlens and gates, the
+// work split over sequences x kv heads, and the small vector kernels the token
+// loops and the chunk bookkeeping run. Kept in one place so the three mixers
+// agree on shapes, error messages and threading, and a fix lands in all of them.
 //
-// Layout (docs/semantics.md, fla conventions): q, k [batch, seq, heads, d_k],
-// v, o [batch, seq, heads, d_v], state S [n_states, heads, d_k, d_v] with
+// Layout (docs/semantics.md, fla conventions): q [batch, seq, heads_q, d_k],
+// k [batch, seq, heads_kv, d_k], v [batch, seq, heads_kv, d_v],
+// o [batch, seq, heads_q, d_v], state S [n_states, heads_kv, d_k, d_v] with
 // o_t = S_t^T (scale * q_t).
+//
+// Grouped heads (GQA / MQA): query head h reads kv head h / G, G = heads_q /
+// heads_kv (MIXERS.md). The state is a function of k, v, the gates and beta
+// only, never of q, so the G query heads of a group would hold G identical
+// states: there is one state per kv head, updated once, and each query head
+// only forms its own output from it. G = 1 is the ungrouped mixer, unchanged.
+// ref: J. Ainslie, J. Lee-Thorp, M. de Jong, Y. Zemlyanskiy, F. Lebron,
+//      S. Sanghai, "GQA: Training Generalized Multi-Query Transformer Models
+//      from Multi-Head Checkpoints", EMNLP 2023.
 
 #include <algorithm>
 #include <cmath>
@@ -29,7 +39,7 @@ TOKMIX_SIMD_AVX512_WARNINGS_OFF
 namespace tokmix {
 namespace detail {
 
-// S of every (sequence, head): initial state in, final state out. Fresh = zeros.
+// S of every (sequence, kv head): initial state in, final state out. Fresh = zeros.
 // Each mixer derives its own named type from it so a GLA state cannot be passed
 // to the delta rule by accident.
 class kv_state {
@@ -66,16 +76,25 @@ inline bool rec_given(const tensor_view<T, R>& v) {
 
 // The inputs every mixer of this family takes.
 struct rec_io {
-  tensor_view<const float, 4> q, k;  // [batch, seq, heads, d_k]
-  tensor_view<const float, 4> v;     // [batch, seq, heads, d_v]
-  tensor_view<float, 4> o;           // [batch, seq, heads, d_v]
+  tensor_view<const float, 4> q;  // [batch, seq, heads_q, d_k]
+  tensor_view<const float, 4> k;  // [batch, seq, heads_kv, d_k]
+  tensor_view<const float, 4> v;  // [batch, seq, heads_kv, d_v]
+  tensor_view<float, 4> o;        // [batch, seq, heads_q, d_v]
+
+  index_t q_heads() const { return q.dim(2); }
+  index_t kv_heads() const { return k.dim(2); }
+  // Query heads per kv head (valid after rec_validate).
+  index_t group() const { return kv_heads() > 0 ? q_heads() / kv_heads() : 1; }
 };
 
-// One unit of work: a whole sequence of one head (the recurrence is serial in t).
+// One unit of work: a whole sequence of one kv head (the recurrence is serial
+// in t) and the query heads [hq0, hq0 + nq) of its group.
 struct rec_item {
   index_t bi;      // batch index of the inputs
   index_t t0, t1;  // token range
-  index_t h;       // head
+  index_t h;       // kv head = state head
+  index_t hq0;     // first query head of the group, h * nq
+  index_t nq;      // query heads in the group
   float* S;        // [d_k, d_v] dense, this item's state
 };
 
@@ -103,17 +122,21 @@ inline void rec_validate(const rec_io& io, const tensor_view<const std::int32_t,
   require_layout("k", io.k);
   require_layout("v", io.v);
   require_layout("o", io.o);
-  const index_t batch = io.q.dim(0), seq = io.q.dim(1), heads = io.q.dim(2), dk = io.q.dim(3);
-  require_shape<const float, 4>("k", io.k, io.q.dims());
-  require_shape("v", io.v, {batch, seq, heads, -1});
+  const index_t batch = io.q.dim(0), seq = io.q.dim(1), hq = io.q.dim(2), dk = io.q.dim(3);
+  require_shape("k", io.k, {batch, seq, -1, dk});
+  const index_t hkv = io.k.dim(2);
+  // Every kv head needs a query head: the kernels read the group's first one.
+  require(hkv >= 1 ? hq >= hkv && hq % hkv == 0 : hq == 0, "q heads (dim 2)",
+          "a positive multiple of k heads (dim 2) = " + std::to_string(hkv), hq);
+  require_shape("v", io.v, {batch, seq, hkv, -1});
   const index_t dv = io.v.dim(3);
-  require_shape("o", io.o, {batch, seq, heads, dv});
+  require_shape("o", io.o, {batch, seq, hq, dv});
   require(dk >= 1, "q head_dim (dim 3)", ">= 1", dk);
   require(dv >= 1, "v head_dim (dim 3)", ">= 1", dv);
   if (chunked) require(chunk_size >= 1, "chunk_size", ">= 1", chunk_size);
   const index_t n_states = rec_validate_cu(cu, batch, seq);
   require(state.batch() == n_states, "state batch", n_states, state.batch());
-  require(state.heads() == heads, "state heads", heads, state.heads());
+  require(state.heads() == hkv, "state heads", "k heads = " + std::to_string(hkv), state.heads());
   require(state.key_dim() == dk, "state key_dim", dk, state.key_dim());
   require(state.value_dim() == dv, "state value_dim", dv, state.value_dim());
 }
@@ -195,38 +218,50 @@ inline void rec_require_scale(float scale) {
   require(std::isnan(scale) || std::isfinite(scale), "scale", "finite (or NaN for 1/sqrt(d_k))", scale);
 }
 
-// Runs body(item, worker) over every (sequence, head), the sequence cut into
-// windows of `window` tokens, over the params' policy. A work item is one
-// sequence and a group of heads (as many groups as workers), walked window by
-// window with the group's heads inside: a window's rows of all heads are
-// neighbours in memory ([seq, heads, d] layout), so they are read while their
-// pages and lines are still cached, instead of every head striding through the
-// whole sequence on its own (a TLB miss per row at long L). Each head's
-// arithmetic depends only on its own window boundaries (multiples of `window`
-// from the sequence start), never on the grouping, so results are the same
-// for every thread count. Items never share the state blocks they write.
-// While one head works on a window, the next item's rows of q, k, v, o (and of
-// `gates`, per-key gates shaped like k, when given) are requested: with heads
-// interleaved, each row starts a new page, out of the hardware prefetchers' reach.
+// Runs body(item, worker) over every (sequence, kv head), the sequence cut
+// into windows of `window` tokens, over the params' policy; the body serves
+// the group's query heads itself, so the state is updated once per kv head.
+// A work item is one sequence and a range of kv heads (as many ranges as
+// workers), walked window by window with the range's heads inside: a window's
+// rows of all heads are neighbours in memory ([seq, heads, d] layout), so they
+// are read while their pages and lines are still cached, instead of every head
+// striding through the whole sequence on its own (a TLB miss per row at long
+// L). Each head's arithmetic depends only on its own window boundaries
+// (multiples of `window` from the sequence start), never on the split, so
+// results are the same for every thread count. Items never share the state
+// blocks they write. While one head works on a window, the next item's rows of
+// q, o (all its query heads), k, v (and of `gates`, per-key gates shaped like
+// k, when given) are requested: with heads interleaved, each row starts a new
+// page, out of the hardware prefetchers' reach.
 template <class Body>
 inline void rec_for_each(const rec_io& io, const tensor_view<const std::int32_t, 1>& cu, kv_state& state,
                          const exec_policy& policy, index_t window, Body&& body,
                          const tensor_view<const float, 4>& gates = {}) {
-  const index_t batch = io.q.dim(0), seq = io.q.dim(1), heads = io.q.dim(2);
+  const index_t batch = io.q.dim(0), seq = io.q.dim(1), heads = io.kv_heads(), G = io.group();
   const bool varlen = rec_given(cu);
   const index_t n_seqs = varlen ? cu.dim(0) - 1 : batch;
   if (n_seqs == 0 || seq == 0 || heads == 0) return;
   const index_t block = state.key_dim() * state.value_dim();
   const index_t workers = policy.mode() == exec_policy::kind::serial ? 1 : std::max(1, policy.workers());
-  const index_t groups = std::min(heads, workers);
+  const index_t ranges = std::min(heads, workers);
   float* base = state.S().data();
-  const bool strided = heads > 1;
-  parallel_for(policy, n_seqs * groups, [&](index_t i, int worker) {
-    const index_t s = i / groups, grp = i % groups;
-    const index_t h0 = grp * heads / groups, h1 = (grp + 1) * heads / groups;
+  const bool strided = io.q_heads() > 1;
+  // Rows [t, t + rows) of heads [h, h + n) of x: one request per row when the
+  // heads sit side by side in a token, else one per head and row.
+  auto fetch = [](const auto& x, index_t bi, index_t t, index_t rows, index_t h, index_t n, bool for_write) {
+    if (n == 1 || x.stride(2) == x.dim(3)) {
+      simd::prefetch_rows(x.ptr(bi, t, h, 0), x.stride(1), rows, n * x.dim(3), for_write);
+    } else {
+      for (index_t j = 0; j < n; ++j) simd::prefetch_rows(x.ptr(bi, t, h + j, 0), x.stride(1), rows, x.dim(3), for_write);
+    }
+  };
+  parallel_for(policy, n_seqs * ranges, [&](index_t i, int worker) {
+    const index_t s = i / ranges, rg = i % ranges;
+    const index_t h0 = rg * heads / ranges, h1 = (rg + 1) * heads / ranges;
     const index_t t0 = varlen ? cu(s) : 0, t1 = varlen ? cu(s + 1) : seq;
     rec_item it;
     it.bi = varlen ? 0 : s;
+    it.nq = G;
     for (index_t w0 = t0; w0 < t1; w0 += window) {
       it.t0 = w0;
       it.t1 = std::min(t1, w0 + window);
@@ -235,14 +270,15 @@ inline void rec_for_each(const rec_io& io, const tensor_view<const std::int32_t,
           const index_t nh = h + 1 < h1 ? h + 1 : h0, nw = h + 1 < h1 ? w0 : w0 + window;
           if (nw < t1) {
             const index_t rows = std::min(window, t1 - nw);
-            simd::prefetch_rows(io.q.ptr(it.bi, nw, nh, 0), io.q.stride(1), rows, io.q.dim(3));
-            if (io.k.data() != io.q.data()) simd::prefetch_rows(io.k.ptr(it.bi, nw, nh, 0), io.k.stride(1), rows, io.k.dim(3));
-            if (io.v.data() != io.q.data()) simd::prefetch_rows(io.v.ptr(it.bi, nw, nh, 0), io.v.stride(1), rows, io.v.dim(3));
-            if (rec_given(gates)) simd::prefetch_rows(gates.ptr(it.bi, nw, nh, 0), gates.stride(1), rows, gates.dim(3));
-            simd::prefetch_rows(io.o.ptr(it.bi, nw, nh, 0), io.o.stride(1), rows, io.o.dim(3), true);
+            fetch(io.q, it.bi, nw, rows, nh * G, G, false);
+            if (io.k.data() != io.q.data()) fetch(io.k, it.bi, nw, rows, nh, 1, false);
+            if (io.v.data() != io.q.data()) fetch(io.v, it.bi, nw, rows, nh, 1, false);
+            if (rec_given(gates)) fetch(gates, it.bi, nw, rows, nh, 1, false);
+            fetch(io.o, it.bi, nw, rows, nh * G, G, true);
           }
         }
         it.h = h;
+        it.hq0 = h * G;
         it.S = base + (s * heads + h) * block;
         body(it, worker);
       }
@@ -373,6 +409,49 @@ inline void rec_decay_update(Arch, const float* a, const float* k, const float* 
       acc += qs[d] * s;
     }
     o[j] = acc;
+  }
+}
+
+// o = S^T qs on a d_k x d_v state, for the query heads of a group after the
+// first (whose output came out of the fused update): same column blocks and
+// summation order over d as the fused kernels.
+template <class Arch, int NB>
+inline void rec_out_cols(const float* qs, const float* S, index_t dk, index_t dv, index_t j0, float* o) {
+  using fb = sx::fbatch<Arch>;
+  constexpr index_t w = sx::lanes<Arch>;
+  fb acc[NB];
+  for (int b = 0; b < NB; ++b) acc[b] = fb(0.f);
+  for (index_t d = 0; d < dk; ++d) {
+    const float* r = S + d * dv + j0;
+    const fb vq(qs[d]);
+    for (int b = 0; b < NB; ++b) acc[b] = xsimd::fma(vq, fb::load_unaligned(r + b * w), acc[b]);
+  }
+  for (int b = 0; b < NB; ++b) acc[b].store_unaligned(o + j0 + b * w);
+}
+
+template <class Arch>
+inline void rec_state_out(Arch, const float* qs, const float* S, index_t dk, index_t dv, float* o) {
+  constexpr index_t w = sx::lanes<Arch>;
+  index_t j = 0;
+  for (; j + 4 * w <= dv; j += 4 * w) rec_out_cols<Arch, 4>(qs, S, dk, dv, j, o);
+  for (; j + w <= dv; j += w) rec_out_cols<Arch, 1>(qs, S, dk, dv, j, o);
+  for (; j < dv; ++j) {
+    float acc = 0.f;
+    for (index_t d = 0; d < dk; ++d) acc += qs[d] * S[d * dv + j];
+    o[j] = acc;
+  }
+}
+
+// Token t's outputs of the group's query heads after the first, from the
+// state the fused update just left: o_h = S^T (scale * q_h), q_h optionally
+// L2-normalised first (the delta rule). qs: d_k floats of scratch.
+template <class Arch>
+inline void rec_group_outputs(Arch arch, const rec_io& io, const rec_item& it, index_t t, float* qs, bool normalise,
+                              float eps, float scale) {
+  const index_t dk = io.q.dim(3), dv = io.v.dim(3);
+  for (index_t hq = it.hq0 + 1; hq < it.hq0 + it.nq; ++hq) {
+    rec_normalise(arch, io.q.ptr(it.bi, t, hq, 0), qs, dk, normalise, eps, scale);
+    rec_state_out(arch, qs, it.S, dk, dv, io.o.ptr(it.bi, t, hq, 0));
   }
 }
 
