@@ -3,7 +3,8 @@
 // loop (`/recurrent`) and a naive Eigen token loop (`/naive`: the recurrence
 // written with Eigen expressions per token and head, as ggml's CPU ops run
 // it) in the same run, at the two head shapes of the issue and L = 512, 4096,
-// 65536; plus per-token step latency.
+// 65536; plus per-token step latency, and GLA / retention with grouped heads
+// (16 query heads on 4 kv heads) beside the ungrouped 16-head run.
 //
 // FLOPs counted (per head, d_k = d_v = d, chunk C = 64 dividing L, the products
 // the chunked kernels run, full C x C tiles although half is masked):
@@ -149,6 +150,25 @@ void bm_step(benchmark::State& state, mixer m, index_t heads, index_t d) {
   tokmix_bench::set_gflops(state, token_loop_flops(m, 1, heads, d), 1);
 }
 
+// Grouped heads (GQA): heads_q query heads share the states of heads_kv kv
+// heads. Chunked GLA / retention only; FLOPs per chunk: the q side (q S, the
+// masked q k^T, A v) per query head, the state update per kv head:
+//   L (heads_q (2 d^2 + 4 C d) + heads_kv 2 d^2).
+void bm_prefill_grouped(benchmark::State& state, mixer m, index_t heads_q, index_t heads_kv, index_t d, index_t seq) {
+  data sq(m, seq, heads_q, d), skv(m, seq, heads_kv, d);
+  tokmix::gla_state gs(1, heads_kv, d, d);
+  tokmix::retention_state rs(1, heads_kv, d, d);
+  const tokmix::tensor_view<const float, 4> q = sq.in(), kv = skv.in();
+  for (auto _ : state) {
+    if (m == mixer::gla) tokmix::gla_chunk_prefill(q, kv, kv, skv.g4(), sq.out(), gs, tokmix::gla_params{});
+    else tokmix::retention_chunk_prefill(q, kv, kv, sq.out(), rs, tokmix::retention_params{});
+    benchmark::DoNotOptimize(sq.o.data());
+    benchmark::ClobberMemory();
+  }
+  const double L = double(seq), D = double(d), C = double(bench_chunk);
+  tokmix_bench::set_gflops(state, L * (double(heads_q) * (2 * D * D + 4 * C * D) + double(heads_kv) * 2 * D * D), 1);
+}
+
 // The recurrence token by token with Eigen expressions, per head:
 //   S = diag(alpha) S (GLA per key channel; retention, gated delta: scalar),
 //   delta rule: S -= beta k (k^T S); then S += (beta) k v^T; o = S^T (scale q).
@@ -214,6 +234,10 @@ const bool registered = [] {
           ->Unit(benchmark::kMicrosecond);
     }
   }
+  for (mixer m : {mixer::gla, mixer::retention})
+    tokmix_bench::defaults(benchmark::RegisterBenchmark(
+        (std::string(mixer_name(m)) + "/heads:16/kv_heads:4/dim:128/L:4096/threads:1/tokmix").c_str(),
+        bm_prefill_grouped, m, index_t(16), index_t(4), index_t(128), index_t(4096)));
   return true;
 }();
 
