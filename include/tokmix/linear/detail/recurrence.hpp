@@ -33,6 +33,7 @@
 #include "tokmix/core/tensor_view.hpp"
 #include "tokmix/core/threading.hpp"
 #include "tokmix/simd/exp.hpp"
+#include "tokmix/simd/gemm.hpp"
 #include "tokmix/simd/prefetch.hpp"
 
 TOKMIX_SIMD_AVX512_WARNINGS_OFF
@@ -412,36 +413,6 @@ inline void rec_decay_update(Arch, const float* a, const float* k, const float* 
   }
 }
 
-// o = S^T qs on a d_k x d_v state, for the query heads of a group after the
-// first (whose output came out of the fused update): same column blocks and
-// summation order over d as the fused kernels.
-template <class Arch, int NB>
-inline void rec_out_cols(const float* qs, const float* S, index_t dk, index_t dv, index_t j0, float* o) {
-  using fb = sx::fbatch<Arch>;
-  constexpr index_t w = sx::lanes<Arch>;
-  fb acc[NB];
-  for (int b = 0; b < NB; ++b) acc[b] = fb(0.f);
-  for (index_t d = 0; d < dk; ++d) {
-    const float* r = S + d * dv + j0;
-    const fb vq(qs[d]);
-    for (int b = 0; b < NB; ++b) acc[b] = xsimd::fma(vq, fb::load_unaligned(r + b * w), acc[b]);
-  }
-  for (int b = 0; b < NB; ++b) acc[b].store_unaligned(o + j0 + b * w);
-}
-
-template <class Arch>
-inline void rec_state_out(Arch, const float* qs, const float* S, index_t dk, index_t dv, float* o) {
-  constexpr index_t w = sx::lanes<Arch>;
-  index_t j = 0;
-  for (; j + 4 * w <= dv; j += 4 * w) rec_out_cols<Arch, 4>(qs, S, dk, dv, j, o);
-  for (; j + w <= dv; j += w) rec_out_cols<Arch, 1>(qs, S, dk, dv, j, o);
-  for (; j < dv; ++j) {
-    float acc = 0.f;
-    for (index_t d = 0; d < dk; ++d) acc += qs[d] * S[d * dv + j];
-    o[j] = acc;
-  }
-}
-
 // Token t's outputs of the group's query heads after the first, from the
 // state the fused update just left: o_h = S^T (scale * q_h), q_h optionally
 // L2-normalised first (the delta rule). qs: d_k floats of scratch.
@@ -451,7 +422,9 @@ inline void rec_group_outputs(Arch arch, const rec_io& io, const rec_item& it, i
   const index_t dk = io.q.dim(3), dv = io.v.dim(3);
   for (index_t hq = it.hq0 + 1; hq < it.hq0 + it.nq; ++hq) {
     rec_normalise(arch, io.q.ptr(it.bi, t, hq, 0), qs, dk, normalise, eps, scale);
-    rec_state_out(arch, qs, it.S, dk, dv, io.o.ptr(it.bi, t, hq, 0));
+    // o = qs^T S: the one-row product (simd/gemm's row stream).
+    simd::detail::gemm_dispatch<simd::detail::gemm_op::nn, Arch>(1, dv, dk, 1.f, qs, dk, it.S, dv, 0.f,
+                                                                 io.o.ptr(it.bi, t, hq, 0), dv);
   }
 }
 
