@@ -29,7 +29,6 @@
 #include <vector>
 
 #include <dlfcn.h>
-#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -41,6 +40,8 @@
 TOKMIX_SIMD_AVX512_WARNINGS_OFF
 #include <Eigen/Dense>
 TOKMIX_SIMD_AVX512_WARNINGS_ON
+
+#include "tokmix/core/scratch.hpp"
 
 namespace tokmix_bench {
 
@@ -160,18 +161,11 @@ struct std_free {
   void operator()(float* p) const { std::free(p); }
 };
 
-// The probe's buffer gets transparent huge pages where the kernel offers them
-// (Linux, THP "madvise" mode), as tokmix's KV caches do: the peak must be the
-// best this machine streams, not a 4 KiB-page TLB-bound figure.
+// The probe's buffer gets transparent huge pages where the kernel offers them,
+// as tokmix's KV caches do: the peak must be the best this machine streams,
+// not a 4 KiB-page TLB-bound figure.
 inline std::unique_ptr<float, std_free> huge_page_floats(std::size_t n) {
-  constexpr std::size_t huge = std::size_t(2) << 20;
-  const std::size_t bytes = (n * sizeof(float) + huge - 1) / huge * huge;
-  void* p = std::aligned_alloc(huge, bytes);
-  if (!p) throw std::bad_alloc();
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  (void)madvise(p, bytes, MADV_HUGEPAGE);
-#endif
-  return std::unique_ptr<float, std_free>(static_cast<float*>(p));
+  return std::unique_ptr<float, std_free>(static_cast<float*>(tokmix::alloc_streamed(n * sizeof(float))));
 }
 
 template <class Probe>

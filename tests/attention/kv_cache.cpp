@@ -98,7 +98,7 @@ TEST_CASE("kv_cache: a cache past the huge-page size holds every row of its last
   // 2 x 3 x 1100 slots x 160 dims of fp32: 4.2 MB of K, V on its own boundary,
   // allocated on 2 MiB boundaries (rounded up): filling it to capacity must
   // keep every row, the last V row included, where ASan would see an overrun.
-  static_assert(2 * 3 * 1100 * 160 * sizeof(float) > tokmix::kv_cache_huge_page_bytes, "the case must take the huge-page path");
+  static_assert(2 * 3 * 1100 * 160 * sizeof(float) > tokmix::huge_page_bytes, "the case must take the huge-page path");
   tokmix::kv_cache<float> c(2, 3, 160, 1100);
   REQUIRE(reinterpret_cast<std::uintptr_t>(c.k_head(0, 0)) % 64 == 0);
   append_positions(c, 1000);

@@ -24,7 +24,7 @@
 //
 // Internal layout: K as [batch, kv_heads, capacity, head_dim], V as
 // [batch, kv_heads, capacity, v_head_dim], rows by slot, one 64-byte aligned
-// allocation made in the constructor.
+// allocation made in the constructor (on huge pages when large: alloc_streamed).
 
 #include <algorithm>
 #include <cstdlib>
@@ -34,22 +34,13 @@
 #include <string>
 #include <type_traits>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include "tokmix/core/element.hpp"
 #include "tokmix/core/error.hpp"
+#include "tokmix/core/scratch.hpp"
 #include "tokmix/core/tensor_view.hpp"
 #include "tokmix/simd/convert.hpp"
 
 namespace tokmix {
-
-// Caches of at least this size are allocated on 2 MiB boundaries and offered
-// to the kernel as transparent huge pages (Linux, THP in "madvise" mode): decode
-// streams the whole cache once per token, and with 4 KiB pages every 8 rows of
-// a 128-dim head cost a TLB miss.
-constexpr std::size_t kv_cache_huge_page_bytes = std::size_t(2) << 20;
 
 enum class kv_cache_mode {
   linear,  // slot = position, fixed capacity
@@ -116,17 +107,7 @@ class kv_cache {
     const std::size_t k_bytes = (k_elems_ * sizeof(T) + 63) / 64 * 64;
     v_offset_bytes_ = k_bytes;
     const std::size_t total = k_bytes + (v_elems * sizeof(T) + 63) / 64 * 64;
-    void* p = nullptr;
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (total >= kv_cache_huge_page_bytes) {
-      const std::size_t rounded = (total + kv_cache_huge_page_bytes - 1) / kv_cache_huge_page_bytes * kv_cache_huge_page_bytes;
-      p = std::aligned_alloc(kv_cache_huge_page_bytes, rounded);
-      if (p) (void)madvise(p, rounded, MADV_HUGEPAGE);
-    }
-#endif
-    if (!p) p = std::aligned_alloc(64, std::max<std::size_t>(total, 64));
-    if (!p) throw std::bad_alloc();
-    buf_.reset(p);
+    buf_.reset(alloc_streamed(total));
   }
 
   // A linear cache with V of the same head dim as K.
