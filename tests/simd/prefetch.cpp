@@ -39,3 +39,27 @@ TEST_CASE("prefetch_rows covers strided rows without changing them", "[simd][pre
   ts::prefetch_rows(m.data(), stride, 0, elems);
   REQUIRE(m == before);
 }
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+
+// touch_bytes really reads, so a byte past the range must never be touched:
+// each range ends exactly where a PROT_NONE page begins, and an overread
+// faults in every build, not only under ASan.
+TEST_CASE("touch_bytes reads only inside its range", "[simd][prefetch]") {
+  const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  void* map = mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(map != MAP_FAILED);
+  unsigned char* base = static_cast<unsigned char*>(map);
+  REQUIRE(mprotect(base + page, page, PROT_NONE) == 0);
+  for (std::size_t i = 0; i < page; ++i) base[i] = static_cast<unsigned char>(i * 13 + 5);
+  const std::vector<unsigned char> before(base, base + page);
+  for (std::size_t n : {std::size_t(0), std::size_t(1), ts::cache_line_bytes - 1, ts::cache_line_bytes,
+                        ts::cache_line_bytes + 1, 3 * ts::cache_line_bytes + 7, page})
+    ts::touch_bytes(base + page - n, n);
+  REQUIRE(std::memcmp(before.data(), base, page) == 0);
+  ts::touch_bytes(nullptr, 0);
+  munmap(map, 2 * page);
+}
+#endif
