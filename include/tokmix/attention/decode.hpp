@@ -240,12 +240,13 @@ void decode_item(Arch, const decode_plan& pl, const tensor_view<const QE, 4>& q,
     const tile_visibility tv = vis.classify(0, n, p0, p0 + c);
     if (tv == tile_visibility::hidden) return;
     const index_t slot = cache.slot_of(p0);
+    const std::size_t v_bytes = static_cast<std::size_t>(c * Dv) * sizeof(T);
     if (touch_kv_first) {
       simd::touch_bytes(kh + slot * D, static_cast<std::size_t>(c * D) * sizeof(T));
-      simd::touch_bytes(vh + slot * Dv, static_cast<std::size_t>(c * Dv) * sizeof(T));
+      simd::touch_bytes(vh + slot * Dv, v_bytes);
     }
     decode_scores(Arch{}, qs, D, R, kh + slot * D, D, c, D, s, tile);
-    if (!touch_kv_first) simd::touch_bytes(vh + slot * Dv, static_cast<std::size_t>(c * Dv) * sizeof(T));
+    if (!touch_kv_first) simd::touch_bytes(vh + slot * Dv, v_bytes);
     for (index_t r = 0; r < R; ++r) {
       float* sr = s + r * tile;
       const index_t hh = r / n, i = r % n, h = g * pl.group + hh;
