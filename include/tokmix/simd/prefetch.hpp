@@ -2,8 +2,10 @@
 // Software prefetch hints. The hardware prefetchers follow sequential and
 // constant-stride streams within a page; rows strided by other heads, gathered
 // rows (top-k, routing, sampled keys) and the next tile of a blocked loop are
-// not such streams, so the kernels ask for them a little ahead. A hint only:
-// never faults, and compiles to nothing where the builtin is missing.
+// not such streams, so the kernels ask for them a little ahead. The hints
+// never fault, and compile to nothing where the builtin is missing.
+// touch_bytes is the exception: it really reads (see there), so its range
+// must be readable.
 
 #include <cstddef>
 
